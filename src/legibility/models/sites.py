@@ -1,0 +1,182 @@
+"""Where the FFN ("knowledge") neurons live in each architecture, and hooks on them.
+
+A *site* is the FFN intermediate activation after the nonlinearity: the tensor that multiplies the
+output projection (GPT-2 ``mlp.c_proj``, GPT-NeoX ``dense_4h_to_h``, Llama/Gemma ``down_proj`` whose
+input is ``act(gate) * up``, BERT ``output.dense``). Reading the *input* of the output projection gives
+that tensor uniformly for plain and gated MLPs. Hooks attach only inside :meth:`Sites.patch`, which
+removes them in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from legibility.errors import LegibilityError
+
+Io = Literal["input", "output"]
+# A patch function receives the activation [batch, pos, neurons] of one layer and returns the tensor to
+# use instead (it may return the same tensor, e.g. when it only records it).
+PatchFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Module paths of one architecture's FFN sites."""
+
+    layers: str  # path from the model to the ModuleList of transformer blocks
+    module: str  # path inside a block to the module whose input (or output) is the neuron activation
+    io: Io = "input"  # "input": neurons = the module's input; "output": its output
+    width: str = "intermediate_size"  # config attribute holding the number of neurons per layer
+
+
+_GATED = SiteSpec("model.layers", "mlp.down_proj")
+# model_type -> spec; the post-nonlinearity FFN activation (paper-faithful default).
+ARCHITECTURES: dict[str, SiteSpec] = {
+    "gpt2": SiteSpec("transformer.h", "mlp.c_proj", width="n_inner"),
+    "gpt_neox": SiteSpec("gpt_neox.layers", "mlp.dense_4h_to_h"),
+    "llama": _GATED,
+    "mistral": _GATED,
+    "qwen2": _GATED,
+    "qwen3": _GATED,
+    "gemma": _GATED,
+    "gemma2": _GATED,
+    "gemma3_text": _GATED,
+    "bert": SiteSpec("bert.encoder.layer", "output.dense"),
+    "roberta": SiteSpec("roberta.encoder.layer", "output.dense"),
+}
+# EleutherAI's knowledge-neurons package reads GPT-2 *before* the GELU (the output of mlp.c_fc); BERT is
+# the same tensor as ours. Offered only so that comparisons with that package are exact.
+ELEUTHER_ARCHITECTURES: dict[str, SiteSpec] = {
+    "gpt2": SiteSpec("transformer.h", "mlp.c_fc", io="output", width="n_inner"),
+    "bert": ARCHITECTURES["bert"],
+}
+SITE_VARIANTS = {"ffn": ARCHITECTURES, "eleuther": ELEUTHER_ARCHITECTURES}
+
+
+def _get(obj: object, path: str) -> object:
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)  # type: ignore[index]
+    return obj
+
+
+def _width(config: object, spec: SiteSpec) -> int:
+    width = getattr(config, spec.width, None)
+    if width is None and spec.width == "n_inner":  # GPT-2 leaves n_inner unset for 4 * n_embd
+        width = 4 * config.n_embd  # type: ignore[attr-defined]
+    if width is None:
+        raise LegibilityError(f"config has no attribute {spec.width!r} giving the FFN width")
+    return int(width)
+
+
+class Sites:
+    """The FFN neuron sites of one model: ``n_layers`` x ``n_neurons`` neurons, readable and patchable.
+
+    ``kind`` is ``"causal"`` (answer position = last token) or ``"masked"`` (answer position = the mask).
+    """
+
+    def __init__(self, model: nn.Module, spec: SiteSpec, kind: Literal["causal", "masked"]):
+        self.model = model
+        self.spec = spec
+        self.kind = kind
+        try:
+            blocks = _get(model, spec.layers)
+            self.modules: list[nn.Module] = [_get(b, spec.module) for b in blocks]  # type: ignore[attr-defined, misc]
+        except (AttributeError, IndexError, TypeError) as e:
+            raise LegibilityError(
+                f"site spec {spec} does not match {type(model).__name__}: {e}. Pass a SiteSpec whose "
+                "'layers' path leads to the list of transformer blocks and whose 'module' path leads, inside "
+                "a block, to the FFN output projection."
+            ) from e
+        self.n_layers = len(self.modules)
+        self.n_neurons = _width(model.config, spec)  # type: ignore[union-attr]
+
+    @classmethod
+    def detect(cls, model: nn.Module, variant: str = "ffn", spec: SiteSpec | None = None) -> Sites:
+        """Sites of a HF model, auto-detected from ``config.model_type`` unless ``spec`` is given."""
+        kind = model_kind(model)
+        if spec is None:
+            table = SITE_VARIANTS.get(variant)
+            if table is None:
+                raise LegibilityError(
+                    f"unknown site variant {variant!r}; choose one of {sorted(SITE_VARIANTS)}"
+                )
+            model_type = getattr(model.config, "model_type", None)
+            spec = table.get(str(model_type))
+            if spec is None:
+                raise LegibilityError(
+                    f"architecture {model_type!r} is not supported for site variant {variant!r}. Supported: "
+                    f"{', '.join(sorted(table))}. For another architecture pass "
+                    "spec=SiteSpec(layers='path.to.blocks', module='mlp.out_proj') to load_model/Sites.detect."
+                )
+        return cls(model, spec, kind)
+
+    @contextlib.contextmanager
+    def patch(self, fns: dict[int, PatchFn]) -> Iterator[None]:
+        """Apply ``fns[layer]`` to the activation of each listed layer for the duration of the block."""
+        handles = []
+        try:
+            for layer, fn in fns.items():
+                if not 0 <= layer < self.n_layers:
+                    raise LegibilityError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+                module = self.modules[layer]
+                if self.spec.io == "input":
+                    handles.append(module.register_forward_pre_hook(_pre_hook(fn)))
+                else:
+                    handles.append(module.register_forward_hook(_post_hook(fn)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def record(self, layers: list[int] | None = None) -> Iterator[dict[int, Tensor]]:
+        """Record the activations [batch, pos, neurons] of ``layers`` (all by default) during the block."""
+        store: dict[int, Tensor] = {}
+
+        def recorder(layer: int) -> PatchFn:
+            def fn(acts: Tensor) -> Tensor:
+                store[layer] = acts.detach()
+                return acts
+
+            return fn
+
+        with self.patch({layer: recorder(layer) for layer in (layers or range(self.n_layers))}):
+            yield store
+
+
+def _pre_hook(fn: PatchFn):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        return (fn(args[0]), *args[1:])
+
+    return hook
+
+
+def _post_hook(fn: PatchFn):
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return fn(output)
+
+    return hook
+
+
+def model_kind(model: nn.Module) -> Literal["causal", "masked"]:
+    """Whether a HF model predicts the next token (causal) or a masked token (masked)."""
+    name = type(model).__name__
+    if name.endswith("ForMaskedLM"):
+        return "masked"
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal"
+    raise LegibilityError(
+        f"{name} has no language-modelling head; load the model with AutoModelForCausalLM or "
+        "AutoModelForMaskedLM (e.g. BertForMaskedLM, not BertModel)."
+    )
+
+
+def answer_positions(acts: Tensor, positions: Tensor) -> Tensor:
+    """Gather acts[b, positions[b], :] -> [batch, neurons]."""
+    return acts[torch.arange(acts.shape[0], device=acts.device), positions]
