@@ -88,10 +88,10 @@ def knowledge_neurons(
             p += cfg.p_step
             kn.neurons = refine(coarse, p)
         while len(kn.neurons) < lo and p - cfg.p_step >= 0.0:
-            p -= cfg.p_step
-            candidate = refine(coarse, p)
+            candidate = refine(coarse, p - cfg.p_step)
             if len(candidate) > hi:
                 break
+            p -= cfg.p_step
             kn.neurons = candidate
         kn.share = round(p, 6)
     return kn
