@@ -82,3 +82,18 @@ def predict(lm: LoadedModel, queries: Sequence[Query], batch_size: int = 64) -> 
         ranks.append((p > target_p[:, None]).sum(-1))
         tops.append(p.argmax(-1))
     return Prediction(torch.cat(probs), torch.cat(ranks), torch.cat(tops))
+
+
+@torch.no_grad()
+def answer_activations(lm: LoadedModel, queries: Sequence[Query], batch_size: int = 64) -> Tensor:
+    """FFN activations [n_queries, n_layers, n_neurons] at each query's answer position."""
+    out = []
+    for start in range(0, len(queries), batch_size):
+        batch = make_batch(lm, queries[start : start + batch_size])
+        with lm.sites.record() as store:
+            answer_logits(lm, batch)
+        rows = torch.arange(batch.input_ids.shape[0])
+        out.append(
+            torch.stack([store[layer][rows, batch.positions] for layer in range(lm.sites.n_layers)], 1)
+        )
+    return torch.cat(out).float()

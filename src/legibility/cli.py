@@ -1,0 +1,251 @@
+"""Command line: a thin layer over the library. `legibility --help` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from legibility.errors import LegibilityError
+
+HEADLINE = (
+    "suppressability",
+    "suppression.own",
+    "suppression.random",
+    "suppression.activation",
+    "suppression.same_relation",
+    "suppression.other_relation",
+    "amplification.own",
+    "amplification.random",
+    "amplification.other_relation",
+    "neurons.per_fact",
+    "neurons.facts_with_any",
+    "neurons.overlap.same_relation",
+    "neurons.overlap.other_relation",
+)
+
+
+def _fact_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded name, local directory or HF id (default: %(default)s)",
+    )
+    p.add_argument(
+        "--site",
+        default="ffn",
+        choices=["ffn", "eleuther"],
+        help="neuron sites (eleuther: GPT-2 pre-activation)",
+    )
+    p.add_argument(
+        "--relations", default=None, help="comma-separated PARAREL relations, e.g. P36,P103 (default: all)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many known facts per relation")
+    p.add_argument("--facts", default=None, help="JSONL file of your own facts instead of PARAREL")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="PARAREL folder (default: $LEGIBILITY_PARAREL or ../shared/data/pararel)",
+    )
+    p.add_argument("--out", required=True, help="output directory; rerunning with the same one resumes")
+    p.add_argument(
+        "--method", default="ig", help="attribution method (default: %(default)s; see `legibility methods`)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=20, help="integrated-gradients steps m (default: %(default)s)"
+    )
+    p.add_argument("--threshold", type=float, default=0.2, help="coarse threshold t (default: %(default)s)")
+    p.add_argument("--share", type=float, default=0.5, help="refining share p (default: %(default)s)")
+    p.add_argument("--adaptive", action="store_true", help="adapt p per fact to keep 2-5 neurons")
+    p.add_argument(
+        "--min-prompts", type=int, default=2, help="minimum usable prompts per fact (default: %(default)s)"
+    )
+    p.add_argument("--multi-token", action="store_true", help="allow multi-token targets (gold continuation)")
+    p.add_argument(
+        "--known-top-k", type=int, default=1, help="a fact is known if its target is in the top k ..."
+    )
+    p.add_argument(
+        "--known-share", type=float, default=0.5, help="... for at least this share of its prompts"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="legibility", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("neurons", help="find the knowledge neurons of known facts")
+    _fact_args(p)
+    p = sub.add_parser(
+        "score", help="knowledge neurons + suppression/amplification with controls -> scorecard"
+    )
+    _fact_args(p)
+    p.add_argument(
+        "--n-same", type=int, default=3, help="same-relation facts each fact's neurons are tested on"
+    )
+    p.add_argument(
+        "--n-other", type=int, default=3, help="other-relation facts each fact's neurons are tested on"
+    )
+    p = sub.add_parser("methods", help="list attribution methods")
+    p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
+    p.add_argument("--to", default=None, help="target folder (default: the cache)")
+    return parser
+
+
+def _load_facts(args: argparse.Namespace):
+    from legibility.facts.jsonl import load_jsonl_facts
+    from legibility.facts.pararel import load_pararel
+
+    if args.facts:
+        return load_jsonl_facts(args.facts)
+    relations = [r.strip() for r in args.relations.split(",") if r.strip()] if args.relations else None
+    return load_pararel(args.data_dir, relations)
+
+
+def _check_user_facts(lm, facts, multi_token: bool) -> None:
+    """User facts must be usable as given: say which one is not, rather than silently dropping it."""
+    from legibility.facts.render import MULTI_TOKEN, render
+
+    for f in facts:
+        r = render(lm, f, multi_token)
+        if not r.prompts:
+            if MULTI_TOKEN in r.skipped:
+                raise LegibilityError(
+                    f"fact {f.id!r}: target {f.object!r} is not a single token for this model; "
+                    "pass --multi-token or choose a single-token object"
+                )
+            raise LegibilityError(f"fact {f.id!r}: no prompt is usable ({', '.join(r.skipped)})")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise LegibilityError("--limit must be >= 1")
+    if args.steps < 1:
+        raise LegibilityError("--steps must be >= 1")
+    if not 0.0 <= args.share < 1.0:
+        raise LegibilityError("--share must be in [0, 1)")
+    if not 0.0 < args.threshold < 1.0:
+        raise LegibilityError("--threshold must be in (0, 1)")
+    if args.min_prompts < 1:
+        raise LegibilityError("--min-prompts must be >= 1")
+
+
+def run_job(args: argparse.Namespace, score: bool) -> int:
+    from legibility import pipeline
+    from legibility.attribution import METHODS, AttributionConfig
+    from legibility.facts.render import render
+    from legibility.metrics.effects import EffectConfig
+    from legibility.models.loading import load_model
+    from legibility.neurons import NeuronConfig
+    from legibility.report.figures import layers_figure, suppression_figure
+
+    _validate(args)
+    METHODS[args.method]  # unknown method: clear error before any work
+    facts = _load_facts(args)
+    lm = load_model(args.model, site=args.site)
+    if args.facts:
+        _check_user_facts(lm, facts, args.multi_token)
+    settings = {
+        k: getattr(args, k, None)
+        for k in (
+            "model",
+            "site",
+            "relations",
+            "limit",
+            "facts",
+            "method",
+            "steps",
+            "threshold",
+            "share",
+            "adaptive",
+            "min_prompts",
+            "multi_token",
+            "known_top_k",
+            "known_share",
+            "seed",
+        )
+    }
+    out = pipeline.prepare_run(args.out, settings)
+    progress = not args.no_progress
+    known = pipeline.KnownConfig(top_k=args.known_top_k, min_share=args.known_share, limit=args.limit)
+    facts_json = out / "facts.json"
+    if facts_json.exists():  # resume: the same selection, without re-running the model over candidates
+        kept_ids = set(json.loads(facts_json.read_text())["facts"])
+        kept = [render(lm, f, args.multi_token) for f in facts if f.id in kept_ids]
+        report = json.loads(facts_json.read_text())["report"]
+    else:
+        selection = pipeline.select_known(
+            lm, facts, known, args.min_prompts, args.multi_token, args.seed, progress
+        )
+        pipeline.save_selection(out, selection)
+        kept, report = selection.kept, selection.report
+    print(f"facts: {report['kept']} known of {report['examined']} examined; dropped: {report['dropped']}")
+    if not kept:
+        raise LegibilityError(
+            "the model knows none of the selected facts; try other --relations, a larger --limit, "
+            "or a looser --known-top-k/--known-share"
+        )
+    ncfg = NeuronConfig(
+        threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
+    )
+    acfg = AttributionConfig(steps=args.steps)
+    records = pipeline.find_neurons(lm, kept, out, args.method, acfg, ncfg, progress)
+    layers_figure(
+        records,
+        lm.sites.n_layers,
+        out / "layers.png",
+        f"{args.model}: layer distribution of knowledge neurons",
+    )
+    effects: list[dict] = []
+    if score:
+        ecfg = EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed)
+        effects = pipeline.measure_effects(lm, kept, records, out, ecfg, progress)
+    card = pipeline.write_scorecard(out, records, effects, settings)
+    if score:
+        suppression_figure(
+            card["metrics"], out / "suppression.png", f"{args.model}: knowledge neuron interventions"
+        )
+    _print_card(card["metrics"])
+    print(
+        f"\nresults in {out}/: neurons.jsonl, scorecard.json, layers.png"
+        + (", effects.jsonl, suppression.png" if score else "")
+    )
+    return 0
+
+
+def _print_card(metrics: dict[str, dict]) -> None:
+    print(f"\n{'metric':34s} {'value':>9s}  {'95% CI':>21s}  {'n':>5s}")
+    for k in HEADLINE:
+        if k in metrics:
+            m = metrics[k]
+            print(f"{k:34s} {m['value']:9.3f}  [{m['ci_low']:8.3f}, {m['ci_high']:8.3f}]  {m['n']:5d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("neurons", "score"):
+            return run_job(args, score=args.command == "score")
+        if args.command == "methods":
+            from legibility.attribution import METHODS
+
+            for name in METHODS:
+                info = METHODS[name]
+                print(f"{name:16s} {'exact' if info.exact else 'approximate':12s} {info.description}")
+            return 0
+        if args.command == "download-pararel":
+            from legibility.facts.pararel import download_pararel
+
+            print(f"PARAREL in {download_pararel(args.to)}")
+            return 0
+    except LegibilityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from legibility.report.figures import layers_figure, suppression_figure
+
+__all__ = ["layers_figure", "suppression_figure"]

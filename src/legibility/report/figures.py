@@ -1,0 +1,80 @@
+"""Figures of a scoring run: where knowledge neurons live, and what suppressing/amplifying them does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from legibility.metrics.scorecard import layer_histogram  # noqa: E402
+
+
+def layers_figure(neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = "") -> Path:
+    """Bar chart: share of knowledge neurons in each layer (paper Fig. 2)."""
+    hist = layer_histogram(neuron_records, n_layers) * 100
+    fig, ax = plt.subplots(figsize=(max(6, n_layers * 0.25), 3.2))
+    ax.bar(np.arange(1, n_layers + 1), hist, color="#3b6ea8")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% of knowledge neurons")
+    n = sum(len(r["neurons"]) for r in neuron_records)
+    ax.set_title(title or f"Layer distribution of {n} knowledge neurons")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+BARS = (
+    ("own", "knowledge neurons", "#3b6ea8"),
+    ("random", "random neurons", "#9a9a9a"),
+    ("activation", "activation-selected", "#d08c2f"),
+    ("other_relation", "other relations", "#6aa56a"),
+)
+
+
+def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """Per-relation relative change of p(correct) when suppressing / amplifying (paper Fig. 3/4), with controls.
+
+    Bars are ratios of means per relation (the paper's aggregate); the rightmost group pools all facts.
+    """
+    relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
+    groups = [*relations, "all"]
+    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.1 * len(groups) + 2), 6.5), sharex=True)
+    width = 0.8 / len(BARS)
+    for ax, name in zip(axes, ("suppression", "amplification"), strict=True):
+        for j, (control, label, color) in enumerate(BARS):
+            vals, lows, highs = [], [], []
+            for g in groups:
+                if control == "other_relation":
+                    key = f"{name}.other_relation" + (f"@{g}" if g != "all" else "")
+                else:
+                    key = f"{name}.{control}.ratio_of_means" + (f"@{g}" if g != "all" else "")
+                m = metrics.get(key)
+                v = m["value"] * 100 if m else np.nan
+                vals.append(v)
+                lows.append(v - m["ci_low"] * 100 if m else 0)
+                highs.append(m["ci_high"] * 100 - v if m else 0)
+            x = np.arange(len(groups)) + (j - (len(BARS) - 1) / 2) * width
+            ax.bar(
+                x,
+                vals,
+                width,
+                label=label,
+                color=color,
+                yerr=[np.nan_to_num(lows), np.nan_to_num(highs)],
+                capsize=2,
+            )
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_ylabel(f"{name}: change of p(correct) %")
+    axes[0].legend(fontsize=8, ncol=2)
+    axes[1].set_xticks(np.arange(len(groups)), groups, rotation=45, ha="right")
+    axes[0].set_title(title or "Suppressing and amplifying knowledge neurons (ratio of means, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
