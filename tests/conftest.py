@@ -1,0 +1,36 @@
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PARAREL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pararel"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def pararel_dir() -> Path:
+    if not (PARAREL / "patterns").is_dir():
+        pytest.skip(f"PARAREL data not at {PARAREL}")
+    return PARAREL
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from legibility import load_model
+
+    return load_model("smollm2-135m")
