@@ -23,11 +23,11 @@ import torch
 
 from legibility.facts.types import PromptQueries, RenderedFact
 from legibility.forward import answer_activations, predict
-from legibility.interventions import Intervention, group_by_layer
+from legibility.interventions import Intervention, Op, group_by_layer
 from legibility.models.loading import LoadedModel
 from legibility.neurons import Neuron
 
-OPS = ("suppress", "amplify")
+OPS: tuple[Op, ...] = ("suppress", "amplify")
 CONTROLS = ("kn", "random", "activation")
 
 

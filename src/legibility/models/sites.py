@@ -10,7 +10,7 @@ removes them in ``finally``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,7 +117,7 @@ class Sites:
         return cls(model, spec, kind)
 
     @contextlib.contextmanager
-    def patch(self, fns: dict[int, PatchFn]) -> Iterator[None]:
+    def patch(self, fns: Mapping[int, PatchFn]) -> Iterator[None]:
         """Apply ``fns[layer]`` to the activation of each listed layer for the duration of the block."""
         handles = []
         try:
