@@ -35,6 +35,19 @@ def _rel(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return (after - before) / np.maximum(before, 1e-30)
 
 
+def _group_changes(effects: Sequence[dict], group: str, op: str) -> np.ndarray:
+    """Per fact: mean relative change on its control facts of ``group`` ("same"/"other" relation)."""
+    return np.array(
+        [
+            float(
+                np.mean(_rel(np.array([c["before"] for c in e[group]]), np.array([c[op] for c in e[group]])))
+            )
+            for e in effects
+            if e[group]
+        ]
+    )
+
+
 def effect_metrics(effects: Sequence[dict]) -> dict[str, Estimate]:
     out: dict[str, Estimate] = {}
     if not effects:
@@ -47,16 +60,7 @@ def effect_metrics(effects: Sequence[dict]) -> dict[str, Estimate]:
             out[key] = mean_estimate(_rel(before, after))
             out[f"{key}.ratio_of_means"] = ratio_of_means_estimate(before, after)
         for group in ("same", "other"):
-            per_fact = [
-                float(
-                    np.mean(
-                        _rel(np.array([c["before"] for c in e[group]]), np.array([c[op] for c in e[group]]))
-                    )
-                )
-                for e in effects
-                if e[group]
-            ]
-            out[f"{name}.{group}_relation"] = mean_estimate(np.array(per_fact))
+            out[f"{name}.{group}_relation"] = mean_estimate(_group_changes(effects, group, op))
     drop_own = -_rel(before, np.array([e["own"]["suppress"]["kn"] for e in effects]))
     drop_random = -_rel(before, np.array([e["own"]["suppress"]["random"] for e in effects]))
     out["suppressability"] = mean_estimate(drop_own - drop_random)
@@ -64,23 +68,12 @@ def effect_metrics(effects: Sequence[dict]) -> dict[str, Estimate]:
         sub = [e for e in effects if e["relation"] == rel]
         b = np.array([e["before"] for e in sub])
         for op, name in OPS.items():
-            for control in ("kn", "random"):
+            for control in ("kn", "random", "activation"):
                 a = np.array([e["own"][op][control] for e in sub])
                 key = f"{name}.own" if control == "kn" else f"{name}.{control}"
                 out[f"{key}.ratio_of_means@{rel}"] = ratio_of_means_estimate(b, a)
-        for op, name in OPS.items():
-            per_fact = [
-                float(
-                    np.mean(
-                        _rel(
-                            np.array([c["before"] for c in e["other"]]), np.array([c[op] for c in e["other"]])
-                        )
-                    )
-                )
-                for e in sub
-                if e["other"]
-            ]
-            out[f"{name}.other_relation@{rel}"] = mean_estimate(np.array(per_fact))
+            for group in ("same", "other"):
+                out[f"{name}.{group}_relation@{rel}"] = mean_estimate(_group_changes(sub, group, op))
     return out
 
 

@@ -30,10 +30,11 @@ def layers_figure(neuron_records: Sequence[dict], n_layers: int, path: str | Pat
 
 
 BARS = (
-    ("own", "knowledge neurons", "#3b6ea8"),
-    ("random", "random neurons", "#9a9a9a"),
-    ("activation", "activation-selected", "#d08c2f"),
-    ("other_relation", "other relations", "#6aa56a"),
+    ("own", "own fact, knowledge neurons", "#3b6ea8"),
+    ("random", "own fact, random neurons", "#9a9a9a"),
+    ("activation", "own fact, activation-selected neurons", "#d08c2f"),
+    ("same_relation", "same-relation facts, knowledge neurons", "#8c6bb1"),
+    ("other_relation", "other-relation facts, knowledge neurons", "#6aa56a"),
 )
 
 
@@ -50,8 +51,8 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
         for j, (control, label, color) in enumerate(BARS):
             vals, lows, highs = [], [], []
             for g in groups:
-                if control == "other_relation":
-                    key = f"{name}.other_relation" + (f"@{g}" if g != "all" else "")
+                if control.endswith("_relation"):
+                    key = f"{name}.{control}" + (f"@{g}" if g != "all" else "")
                 else:
                     key = f"{name}.{control}.ratio_of_means" + (f"@{g}" if g != "all" else "")
                 m = metrics.get(key)
@@ -71,9 +72,12 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
             )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel(f"{name}: change of p(correct) %")
-    axes[0].legend(fontsize=8, ncol=2)
+    axes[0].legend(fontsize=7, ncol=2, loc="best")
     axes[1].set_xticks(np.arange(len(groups)), groups, rotation=45, ha="right")
-    axes[0].set_title(title or "Suppressing and amplifying knowledge neurons (ratio of means, 95% CI)")
+    axes[0].set_title(
+        title
+        or "Suppressing / amplifying knowledge neurons (own fact: ratio of means; other facts: mean change; 95% CI)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
