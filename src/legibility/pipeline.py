@@ -65,14 +65,16 @@ def select_known(
     prompt_skips: Counter[str] = Counter()
     kept: list[RenderedFact] = []
     examined = 0
-    bar = tqdm(
-        total=len(facts), desc="checking which facts the model knows", disable=not progress, unit="fact"
-    )
+    pools = {}
     for rel, candidates in by_rel.items():
-        candidates = list(candidates)
-        random.Random(f"{seed}|{rel}").shuffle(candidates)
-        if cfg.limit is not None:
-            candidates = candidates[: cfg.limit * cfg.scan]
+        pool = list(candidates)
+        random.Random(f"{seed}|{rel}").shuffle(
+            pool
+        )  # a limit takes a random sample, not the file's first rows
+        pools[rel] = pool if cfg.limit is None else pool[: cfg.limit * cfg.scan]
+    total = sum(len(p) for p in pools.values())
+    bar = tqdm(total=total, desc="checking which facts the model knows", disable=not progress, unit="fact")
+    for candidates in pools.values():
         n_kept = 0
         for fact in candidates:
             if cfg.limit is not None and n_kept >= cfg.limit:
