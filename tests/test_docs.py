@@ -9,7 +9,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.slow
-def test_readme_python_example_runs(capsys):
+def test_readme_python_example_runs(capsys, pararel_dir, monkeypatch):
+    monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has a Python example"
     for code in blocks:
