@@ -22,6 +22,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """Tiny models are dominated by per-op overhead: one thread is faster and does not fight the other
+    core; real-model (slow) tests get both cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if request.node.get_closest_marker("slow") else 1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @pytest.fixture(scope="session")
 def pararel_dir() -> Path:
     if not (PARAREL / "patterns").is_dir():

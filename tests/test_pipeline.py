@@ -80,7 +80,6 @@ def test_download_failure_says_to_go_online(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_smollm2_scorecard_on_two_known_facts(tmp_path, capsys, pararel_dir, monkeypatch):
     monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
-    torch.set_num_threads(2)
     out = tmp_path / "run"
     assert (
         main(
