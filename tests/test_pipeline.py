@@ -3,7 +3,6 @@ import json
 import urllib.request
 
 import pytest
-import torch
 
 from helpers import tiny_facts, tiny_lm
 from legibility import LegibilityError, download_pararel, load_model, load_pararel
