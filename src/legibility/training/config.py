@@ -1,0 +1,201 @@
+"""Typed training configs and their validation from plain dicts (YAML).
+
+Every section is a small frozen dataclass; :func:`from_dict` builds one from a mapping and raises
+:class:`LegibilityError` naming the offending key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from legibility.errors import LegibilityError
+from legibility.facts.synthetic import WorldConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A small causal LM built from a Hugging Face config (GPT-2 or Llama style)."""
+
+    family: Literal["gpt2", "llama"] = "gpt2"  # gpt2: LayerNorm, plain MLP; llama: RMSNorm, gated MLP, RoPE
+    n_layers: int = 2  # transformer blocks
+    d_model: int = 64  # residual width
+    d_ffn: int = 256  # FFN width = number of neurons per layer
+    n_heads: int = 4  # attention heads (d_model must be divisible by it)
+    activation: Literal["gelu", "relu", "silu", "solu"] = "gelu"  # solu: LayerNorm(x * softmax(x))
+    dropout: float = 0.0  # gpt2: embedding, residual and attention dropout; llama: attention dropout only
+    context: int = 64  # maximum sequence length
+    tie_embeddings: bool = True  # share the input embedding and the LM head
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The tokenizer trained on the corpus with `tokenizers`."""
+
+    kind: Literal["wordlevel", "bpe"] = "wordlevel"  # wordlevel: one token per word; bpe: byte-level BPE
+    vocab_size: int = 4000  # upper bound on the vocabulary (specials included)
+    min_frequency: int = 1  # words/merges seen fewer times are left out
+
+
+@dataclass(frozen=True)
+class PararelSource:
+    """PARAREL facts rendered with their templates (the last templates of each relation held out)."""
+
+    relations: list[str] = field(default_factory=lambda: ["P36", "P37"])  # PARAREL relation ids
+    limit: int = 100  # facts per relation
+    held_out_templates: int = 2  # templates per relation kept out of the corpus
+    data_dir: str | None = None  # PARAREL folder (default: the usual search path)
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A folder of UTF-8 text files (*.txt, recursively) mixed into the corpus."""
+
+    dir: str = ""  # the folder
+    share: float = 0.2  # fraction of the corpus' sentences/lines taken from this folder
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the model is trained on."""
+
+    world: WorldConfig | None = field(default_factory=WorldConfig)  # synthetic facts (null: none)
+    pararel: PararelSource | None = None  # PARAREL facts (null: none)
+    text: TextSource | None = None  # extra text (null: none)
+    n_sentences: int = 20000  # fact sentences in the corpus (world and PARAREL together)
+    val_fraction: float = 0.05  # tail of the token stream kept for validation loss
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    seed: int = 0  # sampling of sentences and their order
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and bookkeeping of a training run."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # sequences per step
+    seq_len: int = 64  # tokens per sequence (<= model.context)
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup: int = 50  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    seed: int = 0  # parameter init, batches, dropout
+    log_every: int = 10  # steps between metrics lines
+    eval_every: int = 200  # steps between evaluations (validation loss, held-out fact accuracy)
+    eval_batches: int = 4  # validation batches per evaluation
+    checkpoint_every: int = 200  # steps between checkpoints (a final one is always written)
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a `legibility train` run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # [{"name": <registered regularizer>, **its config}]; validated by legibility.training.regularizers
+    regularizers: list[dict] = field(default_factory=list)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except LegibilityError as e:
+                errors.append(str(e))
+        raise LegibilityError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise LegibilityError(
+                f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+            )
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise LegibilityError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if tp is Any or tp is dict:
+        if tp is dict and not isinstance(value, dict):
+            raise LegibilityError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise LegibilityError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LegibilityError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise LegibilityError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise LegibilityError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise LegibilityError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LegibilityError(f"{where}: expected a mapping with keys {_keys(cls)}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LegibilityError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {_keys(cls)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Cross-field checks that single fields cannot express."""
+    m, t = cfg.model, cfg.train
+    if m.d_model % m.n_heads:
+        raise LegibilityError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    if t.seq_len > m.context:
+        raise LegibilityError(f"train.seq_len ({t.seq_len}) must be <= model.context ({m.context})")
+    for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+        if getattr(t, key) < 1:
+            raise LegibilityError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if len(t.betas) != 2:
+        raise LegibilityError(f"train.betas must be two numbers, got {t.betas}")
+    d = cfg.data
+    if d.world is None and d.pararel is None and d.text is None:
+        raise LegibilityError("data: give at least one source (world, pararel or text)")
+    if not 0.0 < d.val_fraction < 0.5:
+        raise LegibilityError(f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")

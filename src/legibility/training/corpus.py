@@ -1,0 +1,170 @@
+"""The training corpus: fact sentences (synthetic world, PARAREL) plus optional text, and its tokenizer.
+
+Sentences from all sources are shuffled into documents, tokenized by a tokenizer trained on them with
+`tokenizers`, and joined (each followed by the end-of-sequence token) into one token stream whose tail is
+the validation split. A training batch is a set of random windows of that stream; the windows of step
+``t`` depend only on ``(seed, t)``, which makes batches reproducible after a resume without saved state.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from legibility.errors import LegibilityError
+from legibility.facts.pararel import load_pararel
+from legibility.facts.synthetic import make_world
+from legibility.facts.types import OBJECT, Fact
+from legibility.training.config import DataConfig, PararelSource, TextSource, TokenizerConfig
+
+PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
+
+
+@dataclass
+class Corpus:
+    """Token streams, the tokenizer, and the facts the model is trained and evaluated on."""
+
+    tokenizer: object  # a transformers PreTrainedTokenizerFast
+    train_ids: Tensor  # [n_train_tokens] long
+    val_ids: Tensor  # [n_val_tokens] long
+    train_facts: list[Fact]  # prompts = training templates (seen in the corpus)
+    eval_facts: list[Fact]  # prompts = held-out templates (never in the corpus)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)  # type: ignore[arg-type]
+
+    def batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> Tensor:
+        """Windows [batch, seq_len + 1] of the training stream for ``step`` (inputs = [:, :-1])."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return _windows(
+            self.train_ids,
+            torch.randint(0, self.train_ids.numel() - seq_len - 1, (batch_size,), generator=g),
+            seq_len,
+        )
+
+    def val_batches(self, n: int, batch_size: int, seq_len: int) -> list[Tensor]:
+        """The first ``n`` batches of consecutive validation windows (fixed across evaluations)."""
+        stride = seq_len + 1
+        starts = torch.arange(0, self.val_ids.numel() - stride + 1, stride)
+        if starts.numel() == 0:
+            raise LegibilityError(
+                f"the validation split ({self.val_ids.numel()} tokens) is shorter than one sequence; "
+                "raise data.n_sentences or data.val_fraction"
+            )
+        return [
+            _windows(self.val_ids, starts[i : i + batch_size], seq_len)
+            for i in range(0, min(n * batch_size, starts.numel()), batch_size)
+        ]
+
+
+def _windows(ids: Tensor, starts: Tensor, seq_len: int) -> Tensor:
+    offsets = torch.arange(seq_len + 1)
+    return ids[starts[:, None] + offsets[None, :]]
+
+
+def train_tokenizer(texts: list[str], cfg: TokenizerConfig):
+    """A PreTrainedTokenizerFast trained on ``texts`` (word-level or byte-level BPE), specials first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, UNK, EOS]
+    trainer: trainers.WordLevelTrainer | trainers.BpeTrainer
+    if cfg.kind == "wordlevel":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials
+        )
+    else:
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+
+
+def _split_templates(facts: list[Fact], held: int) -> tuple[list[Fact], list[Fact]]:
+    """(facts with their first templates, facts with their last ``held`` templates)."""
+    train, test = [], []
+    for f in facts:
+        k = len(f.prompts) - held
+        if k < 1:
+            raise LegibilityError(
+                f"relation {f.relation} has {len(f.prompts)} templates; data.pararel.held_out_templates "
+                f"must leave at least one for training (got {held})"
+            )
+        train.append(Fact(f.subject, f.relation, f.object, f.prompts[:k], f.id))
+        test.append(Fact(f.subject, f.relation, f.object, f.prompts[k:], f.id))
+    return train, test
+
+
+def _pararel(src: PararelSource) -> tuple[list[Fact], list[Fact]]:
+    return _split_templates(load_pararel(src.data_dir, src.relations, src.limit), src.held_out_templates)
+
+
+def _text_lines(src: TextSource) -> list[str]:
+    root = Path(src.dir)
+    if not root.is_dir():
+        raise LegibilityError(f"data.text.dir: {root} is not a folder; give a folder of UTF-8 .txt files")
+    lines: list[str] = []
+    for path in sorted(root.rglob("*.txt")):
+        try:
+            lines += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise LegibilityError(f"{path} is not UTF-8 text ({e.reason}); convert or remove it") from e
+    if not lines:
+        raise LegibilityError(f"data.text.dir: no non-empty lines in {root}/**/*.txt")
+    return lines
+
+
+def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:
+    """Sentences of every configured source -> tokenizer -> train/validation token streams.
+
+    A given ``tokenizer`` (e.g. the one saved by an earlier run) is used instead of training one.
+    """
+    rng = random.Random(f"corpus|{cfg.seed}")
+    train_facts: list[Fact] = []
+    eval_facts: list[Fact] = []
+    weighted: list[tuple[Fact, float]] = []  # training-template facts with their mention weight
+    if cfg.world is not None:
+        world = make_world(cfg.world)
+        train_facts += world.train_facts()
+        eval_facts += list(world.facts)
+        weighted += list(zip(world.train_facts(), world.weights, strict=True))
+    if cfg.pararel is not None:
+        tr, te = _pararel(cfg.pararel)
+        train_facts += tr
+        eval_facts += te
+        weighted += [(f, 1.0 / len(tr)) for f in tr]  # uniform over PARAREL facts
+    docs: list[str] = []
+    if weighted:
+        picks = rng.choices([f for f, _ in weighted], weights=[w for _, w in weighted], k=cfg.n_sentences)
+        docs = [rng.choice(f.prompts).replace(OBJECT, f.object) for f in picks]
+    if cfg.text is not None:
+        lines = _text_lines(cfg.text)
+        share = cfg.text.share
+        if not 0.0 < share <= 1.0:
+            raise LegibilityError(f"data.text.share must be in (0, 1], got {share}")
+        n_text = len(lines) if not docs else round(len(docs) * share / max(1.0 - share, 1e-9))
+        docs += rng.choices(lines, k=n_text) if docs else lines
+    rng.shuffle(docs)
+    if not docs:
+        raise LegibilityError("the corpus is empty: configure data.world, data.pararel or data.text")
+    if tokenizer is None:
+        tokenizer = train_tokenizer(docs, cfg.tokenizer)
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
+    n_val = max(int(stream.numel() * cfg.val_fraction), 1)
+    return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts)

@@ -1,0 +1,31 @@
+"""Read a run config from YAML (or a dict) into a validated :class:`RunConfig`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from legibility.errors import LegibilityError
+from legibility.training.config import RunConfig, check_run, from_dict
+from legibility.training.regularizers import parse_regularizers
+
+
+def parse_run_config(data: dict) -> RunConfig:
+    """Validate a mapping (the YAML document) into a RunConfig; errors name the offending key."""
+    cfg = from_dict(RunConfig, data, "config")
+    parse_regularizers(cfg.regularizers)  # validate names and fields now, not at the first step
+    check_run(cfg)
+    return cfg
+
+
+def load_run_config(path: str | os.PathLike) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise LegibilityError(f"config file {p} does not exist; see configs/ for examples")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LegibilityError(f"{p} is not valid YAML: {e}") from e
+    return parse_run_config(data or {})

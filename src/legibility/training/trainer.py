@@ -1,0 +1,275 @@
+"""The trainer: AdamW with warmup + cosine schedule and clipping, regularizers, evaluation, checkpoints.
+
+A run lives in one output folder::
+
+    config.json      the resolved RunConfig (a resumed run must have the same one)
+    tokenizer/       the tokenizer trained on the corpus (reused on resume)
+    metrics.jsonl    one JSON line per log step / evaluation
+    checkpoints/     atomic checkpoints (see legibility.training.checkpoint)
+    model/           the final model and tokenizer (save_pretrained; loadable by legibility.load_model)
+
+Deterministic given ``train.seed``: batches depend only on (seed, step), dropout and noise draw from the
+torch RNG whose state is checkpointed, so a run killed at any point (even ``kill -9``) and restarted with
+the same folder ends with bit-identical weights and losses. A non-finite loss stops the run with a
+:class:`LegibilityError` before the bad step touches the weights; the last checkpoint stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from legibility.errors import LegibilityError
+from legibility.facts.render import render
+from legibility.forward import predict
+from legibility.models.loading import LoadedModel
+from legibility.models.sites import Sites
+from legibility.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from legibility.training.config import RunConfig, check_run
+from legibility.training.corpus import Corpus, build_corpus
+from legibility.training.model import build_model
+from legibility.training.regularizers import Setup, StepContext, build_regularizers, recording
+
+Callback = Callable[["Trainer", int], None]  # called after each completed step with that step's index
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup to cfg.lr over cfg.warmup steps, then cosine decay to cfg.lr * cfg.min_lr_ratio."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, norms)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+class Trainer:
+    """Train ``config`` into ``out_dir`` (resuming when the folder holds a checkpoint of the same run)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        progress: bool = True,
+        eval_facts: int = 200,
+        corpus: Corpus | None = None,
+    ):
+        """``eval_facts``: held-out facts sampled for fact accuracy; ``corpus``: reuse one built from the same
+        ``config.data`` (benchmarks build it once for many trainers)."""
+        check_run(config)
+        self.cfg = config
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        tok_dir = self.out / "tokenizer"
+        torch.manual_seed(config.train.seed)
+        random.seed(config.train.seed)
+        self.corpus: Corpus = corpus or build_corpus(config.data, _load_tokenizer(tok_dir))
+        if not tok_dir.exists():
+            self.corpus.tokenizer.save_pretrained(tok_dir)  # type: ignore[attr-defined]
+        tok: Any = self.corpus.tokenizer
+        self.model = build_model(
+            config.model,
+            self.corpus.vocab_size,
+            tok.pad_token_id,
+            tok.eos_token_id,
+            config.train.seed,
+        )
+        self.sites = Sites.detect(self.model)
+        self.lm = LoadedModel(self.model, tok, self.sites, str(self.out), add_special_tokens=False)
+        self.optimizer = make_optimizer(self.model, config.train)
+        setup = Setup(self.model, self.sites, tok, self.corpus, config.train.seed, config.train.steps)
+        self.regularizers = build_regularizers(config.regularizers, setup)
+        rng = random.Random(f"eval|{config.train.seed}")
+        facts = self.corpus.eval_facts
+        chosen = rng.sample(facts, min(eval_facts, len(facts)))
+        self.eval_queries = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
+        self.val = self.corpus.val_batches(
+            config.train.eval_batches, config.train.batch_size, config.train.seq_len
+        )
+        self.step = 0
+        self.last: dict = {}
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _check_config(self) -> None:
+        path = self.out / "config.json"
+        resolved = dataclasses.asdict(self.cfg)
+        if path.exists():
+            if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
+                raise LegibilityError(
+                    f"{self.out} holds a run with a different config ({path}); use a new --out folder, or the "
+                    "same config to resume it"
+                )
+        else:
+            path.write_text(json.dumps(resolved, indent=2))
+
+    def _log(self, record: dict) -> None:
+        with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.out / "checkpoints")
+        if ckpt is None:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            return
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        self.step = int(state["step"])
+        self.last = state.get("last", {})
+        # Drop metrics logged after the checkpoint: they are recomputed identically.
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] < self.step]
+            path.write_text("".join(ln + "\n" for ln in lines))
+
+    def checkpoint(self) -> Path:
+        state = {"last": self.last, "config": dataclasses.asdict(self.cfg)}
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            self.model,
+            self.optimizer,
+            state,
+            self.cfg.train.keep_checkpoints,
+        )
+
+    # ---------------------------------------------------------------- steps
+
+    def train_step(self, step: int) -> dict:
+        """One optimizer step at index ``step``; returns its metrics (floats)."""
+        t = self.cfg.train
+        self.model.train()
+        batch = self.corpus.batch(step, t.batch_size, t.seq_len, t.seed)
+        x, y = batch[:, :-1], batch[:, 1:]
+        ctx = StepContext(self.model, self.sites, step, t.steps, x)
+        active = [r for r in self.regularizers if r.factor(step, t.steps) > 0]
+        with contextlib.ExitStack() as stack:
+            for r in active:
+                stack.enter_context(r.forward(ctx))
+            if any(r.needs_activations for r in active):
+                stack.enter_context(recording(self.sites, ctx.activations))
+            logits = self.model(input_ids=x).logits  # [batch, pos, vocab]
+        ctx.logits = logits
+        lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        total = lm_loss
+        metrics = {"step": step, "lr": lr_at(step, t), "lm_loss": 0.0}
+        for r in active:
+            pen = r.penalty(ctx)
+            if pen is not None:
+                total = total + r.weight(step, t.steps) * pen
+                metrics[f"reg.{r.name}"] = float(pen.detach())  # type: ignore[attr-defined]
+        if not bool(torch.isfinite(total)):
+            self._stop(step, f"the loss became {float(total.detach())}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = metrics["lr"]
+        total.backward()
+        for r in active:
+            r.after_backward(ctx)
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(metrics["grad_norm"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._stop(step, f"the gradient norm became {metrics['grad_norm']}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for r in active:
+            r.after_step(ctx, self.optimizer)
+        metrics["lm_loss"] = float(lm_loss.detach())
+        metrics["loss"] = float(total.detach())
+        return metrics
+
+    def _stop(self, step: int, what: str) -> None:
+        raise LegibilityError(
+            f"{what} at step {step}; training stopped before applying it. The last good checkpoint is "
+            f"{latest_checkpoint(self.out / 'checkpoints')}. Lower train.lr or the regularizer coefficients "
+            "(or raise train.warmup) and train into a new --out folder."
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss and top-1 accuracy on the held-out-template fact prompts."""
+        self.model.eval()
+        losses = []
+        for b in self.val:
+            logits = self.model(input_ids=b[:, :-1]).logits
+            losses.append(
+                float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), b[:, 1:].reshape(-1)))
+            )
+        out = {"val_loss": sum(losses) / len(losses)}
+        if self.eval_queries:
+            pred = predict(self.lm, self.eval_queries)
+            out["fact_accuracy"] = float((pred.rank == 0).float().mean())
+            out["fact_p"] = float(pred.prob.mean())
+        return out
+
+    def fit(self, callbacks: Sequence[Callback] = ()) -> dict:
+        """Train to ``train.steps`` (from the latest checkpoint if any); returns the final metrics."""
+        t = self.cfg.train
+        self._resume()
+        bar = tqdm(total=t.steps, initial=self.step, desc="training", disable=not self.progress, unit="step")
+        tic = time.perf_counter()
+        while self.step < t.steps:
+            step = self.step
+            metrics = self.train_step(step)
+            self.step = step + 1
+            self.last = {k: metrics[k] for k in ("loss", "lm_loss")}
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                metrics["tokens_per_s"] = (
+                    t.log_every * t.batch_size * t.seq_len / max(time.perf_counter() - tic, 1e-9)
+                )
+                tic = time.perf_counter()
+                self._log(metrics)
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                ev = self.evaluate()
+                self.last.update(ev)
+                self._log({"step": step, "eval": True, **ev})
+            if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                self.checkpoint()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            for cb in callbacks:
+                cb(self, step)
+        bar.close()
+        self.export()
+        return {"step": self.step, **self.last}
+
+    def export(self) -> Path:
+        """Save the model and tokenizer with save_pretrained into ``<out>/model``."""
+        target = self.out / "model"
+        self.model.save_pretrained(target)
+        self.corpus.tokenizer.save_pretrained(target)  # type: ignore[attr-defined]
+        (target / "final.json").write_text(json.dumps({"step": self.step, **self.last}, indent=2))
+        return target
+
+
+def _load_tokenizer(path: Path):
+    if not (path / "tokenizer.json").exists():
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def train(
+    config: RunConfig, out_dir: str | Path, progress: bool = True, callbacks: Sequence[Callback] = ()
+) -> dict:
+    """Train (or resume) a run; returns the final metrics. The model is in ``<out_dir>/model``."""
+    return Trainer(config, out_dir, progress).fit(callbacks)
