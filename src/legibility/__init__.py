@@ -1,5 +1,6 @@
 """legibility: measure, steer and train for interpretability in transformer language models."""
 
+import legibility.training.model  # noqa: F401  (registers the SoLU activation with transformers)
 from legibility.attribution import METHODS, AttributionConfig, attribute, attribute_prompts
 from legibility.errors import LegibilityError
 from legibility.facts.jsonl import load_jsonl_facts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from legibility.errors import LegibilityError
 
@@ -85,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n-other", type=int, default=3, help="other-relation facts each fact's neurons are tested on"
+    )
+    from legibility.training import command as train_command
+
+    train_command.add_parser(sub)
+    p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
+    p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
+    p.add_argument(
+        "--out", required=True, help="sweep directory; rerunning with the same one skips finished trials"
+    )
+    p.add_argument("--workers", type=int, default=None, help="local executor: parallel processes")
+    p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
+    p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser(
+        "report",
+        help="HTML report of a sweep directory (frontier, metric agreement, trial cards) "
+        "or of a `score` directory (scorecard, figures, neuron cards)",
+    )
+    p.add_argument("dir", help="sweep or score directory")
+    p.add_argument("--cards", type=int, default=3, help="score directories: facts whose neurons get cards")
+
+    p = sub.add_parser("results", help="query a sweep's results store with SQL (tables: trials, trials_flat)")
+    p.add_argument("dir", help="sweep directory")
+    p.add_argument(
+        "--sql",
+        default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
@@ -213,6 +240,23 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     return 0
 
 
+def run_sweep_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from legibility.sweeps import load_sweep, run_sweep
+
+    cfg = load_sweep(args.config)
+    if args.ray_address:
+        address = None if args.ray_address == "local" else args.ray_address
+        cfg.executor = dataclasses.replace(cfg.executor, name="ray", address=address)
+    if args.workers:
+        cfg.executor = dataclasses.replace(cfg.executor, workers=args.workers)
+    counts = run_sweep(cfg, args.out, retry_failed=args.retry_failed, progress=not args.no_progress)
+    print(f"sweep {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print(f"results in {args.out}/results.duckdb; `legibility report {args.out}` draws the frontier")
+    return 0 if not counts.get("failed") else 1
+
+
 def _print_card(metrics: dict[str, dict]) -> None:
     print(f"\n{'metric':34s} {'value':>9s}  {'95% CI':>21s}  {'n':>5s}")
     for k in HEADLINE:
@@ -226,6 +270,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("neurons", "score"):
             return run_job(args, score=args.command == "score")
+        if args.command == "train":
+            return args.run(args)
+
+        if args.command == "sweep":
+            return run_sweep_command(args)
+        if args.command == "report":
+            from legibility.report.html import write_report
+            from legibility.report.run_report import write_run_report
+
+            is_run = (Path(args.dir) / "scorecard.json").exists()
+            page = write_run_report(args.dir, args.cards) if is_run else write_report(args.dir)
+            print(f"report: {page}")
+            return 0
+        if args.command == "results":
+            from legibility.sweeps.results import ResultsStore
+
+            db = Path(args.dir) / "results.duckdb"
+            if not db.exists():
+                raise LegibilityError(f"{args.dir} has no results.duckdb")
+            with ResultsStore(db) as store:
+                cols, rows = store.query(args.sql)
+            print("\t".join(cols))
+            for row in rows:
+                print(
+                    "\t".join(
+                        "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row
+                    )
+                )
+            return 0
         if args.command == "methods":
             from legibility.attribution import METHODS
 

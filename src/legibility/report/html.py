@@ -1,0 +1,132 @@
+"""A self-contained HTML report of a sweep: figures embedded as data URIs, every user string escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from legibility.errors import LegibilityError
+from legibility.report.frontier import agreement_figure, by_variant, frontier_figure, trial_metrics
+
+SUMMARY = (
+    "suppressability",
+    "suppression.own",
+    "suppression.random",
+    "neurons.per_fact",
+    "fact_accuracy",
+    "val_loss",
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td.name { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 8px 12px; width: 330px; font-size: 0.85em; }
+.card.failed { border-color: #c33; background: #fff4f4; }
+.card pre { white-space: pre-wrap; font-size: 0.85em; }
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _fmt(a: np.ndarray) -> str:
+    if len(a) == 0:
+        return "&ndash;"
+    return f"{a.mean():.3f} &plusmn; {a.std():.3f} <small>(n={len(a)})</small>"
+
+
+def _summary_table(rows: Sequence[dict]) -> str:
+    variants = sorted({r["variant"] for r in rows})
+    cols = {k: by_variant(rows, k) for k in SUMMARY}
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in SUMMARY)
+    body = []
+    for v in variants:
+        cells = "".join(f"<td>{_fmt(cols[k].get(v, np.array([])))}</td>" for k in SUMMARY)
+        body.append(f'<tr><td class="name">{html.escape(v)}</td>{cells}</tr>')
+    return f"<table><tr><th>variant</th>{head}</tr>{''.join(body)}</table>"
+
+
+def _card(row: dict) -> str:
+    status = str(row.get("status"))
+    metrics = trial_metrics(row)
+    lines = "".join(
+        f"<tr><td class='name'>{html.escape(k)}</td><td>{metrics[k]:.4g}</td></tr>"
+        for k in SUMMARY
+        if k in metrics
+    )
+    overrides = html.escape(json.dumps(row.get("overrides") or {}, indent=1))
+    timing = ""
+    if row.get("train_s") is not None:
+        timing = f"<p>train {row['train_s']:.0f} s, score {row.get('score_s') or 0:.0f} s</p>"
+    error = f"<pre>{html.escape(str(row['error']))}</pre>" if row.get("error") else ""
+    return (
+        f'<div class="card {html.escape(status)}"><h4>{html.escape(str(row["trial_id"]))}</h4>'
+        f"<p>variant <b>{html.escape(str(row['variant']))}</b>, seed {int(row['seed'])}, status <b>{html.escape(status)}</b></p>"
+        f"<pre>{overrides}</pre><table>{lines}</table>{timing}{error}</div>"
+    )
+
+
+def render_report(rows: Sequence[dict], title: str, figures: Sequence[tuple[Path, str]]) -> str:
+    done = [r for r in rows if r.get("status") == "done"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    status = ", ".join(f"{v} {html.escape(k)}" for k, v in sorted(counts.items()))
+    figs = "".join(f"<h2>{html.escape(caption)}</h2>{_img(p, caption)}" for p, caption in figures)
+    cards = "".join(_card(r) for r in rows)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>{len(rows)} trials: {status}. Values are mean &plusmn; standard deviation over seeds.</p>
+{_summary_table(done)}
+{figs}
+<h2>Trials</h2><div class="cards">{cards}</div>
+<script>
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = String(imgs.length);
+  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0));
+}});
+</script>
+</body></html>
+"""
+
+
+def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
+    """Write report.html, frontier.png and agreement.png into ``sweep_dir`` from its results store."""
+    from legibility.sweeps.results import ResultsStore
+
+    out = Path(sweep_dir)
+    db = out / "results.duckdb"
+    if not db.exists():
+        raise LegibilityError(
+            f"{out} has no results.duckdb; run `legibility sweep SWEEP.yaml --out {out}` first"
+        )
+    with ResultsStore(db) as store:
+        rows = store.rows()
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        raise LegibilityError(f"no finished trials in {db} yet; nothing to plot")
+    figures = [
+        (frontier_figure(done, out / "frontier.png"), "Interpretability vs performance frontier"),
+        (
+            agreement_figure(done, out / "agreement.png"),
+            "Agreement between interpretability metrics across trials",
+        ),
+    ]
+    name = title or (rows[0].get("sweep") or out.name)
+    page = out / "report.html"
+    page.write_text(render_report(rows, f"legibility sweep report: {name}", figures), encoding="utf-8")
+    return page

@@ -1,0 +1,110 @@
+"""A self-contained HTML report of one scoring run (`legibility score --out DIR`): the scorecard, its
+figures, and key-value cards of the knowledge neurons of a few facts."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from legibility.errors import LegibilityError
+from legibility.report.html import CSS, _img
+
+HEADLINE = (
+    "suppressability",
+    "suppression.own",
+    "suppression.random",
+    "suppression.activation",
+    "suppression.same_relation",
+    "suppression.other_relation",
+    "amplification.own",
+    "amplification.random",
+    "neurons.per_fact",
+    "neurons.facts_with_any",
+    "neurons.overlap.same_relation",
+    "neurons.overlap.other_relation",
+)
+
+
+def _table(metrics: dict[str, dict], keys: list[str]) -> str:
+    rows = "".join(
+        f"<tr><td class='name'>{html.escape(k)}</td><td>{m['value']:.3f}</td>"
+        f"<td>[{m['ci_low']:.3f}, {m['ci_high']:.3f}]</td><td>{m['n']}</td></tr>"
+        for k in keys
+        if (m := metrics.get(k)) is not None
+    )
+    return f"<table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>{rows}</table>"
+
+
+def _cards(run: Path, settings: dict, records: list[dict], n_facts: int) -> str:
+    from legibility.editing.memory import card_html, fact_neuron_cards
+    from legibility.facts.render import render
+    from legibility.facts.types import Fact
+    from legibility.models.loading import load_model
+
+    lm = load_model(settings["model"], site=settings.get("site") or "ffn")
+    parts = []
+    for rec in [r for r in records if r["neurons"]][:n_facts]:
+        prompts = []
+        if lm.kind == "causal":  # stored texts end where the object begins; masked ones hold the mask token
+            for text in rec["prompts"]:
+                prompts += render(
+                    lm, Fact(rec["subject"], rec["relation"], rec["object"], (text + " [Y]",))
+                ).prompts
+        cards = fact_neuron_cards(lm, [tuple(n) for n in rec["neurons"]][:5], prompts)
+        head = f"{rec['subject']} — {rec['relation']} — {rec['object']}"
+        parts.append(
+            f"<h3>{html.escape(head)}</h3><div class='cards'>{''.join(card_html(c) for c in cards)}</div>"
+        )
+    return "".join(parts)
+
+
+def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
+    """Write ``report.html`` into a scoring run directory; ``cards`` facts get neuron cards (0: none)."""
+    run = Path(run_dir)
+    card_path = run / "scorecard.json"
+    if not card_path.exists():
+        raise LegibilityError(f"{run} has no scorecard.json; run `legibility score --out {run}` first")
+    card = json.loads(card_path.read_text())
+    metrics, settings = card["metrics"], card.get("settings", {})
+    records = [json.loads(line) for line in (run / "neurons.jsonl").read_text().splitlines() if line.strip()]
+    relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
+    per_rel = [
+        f"{m}@{r}"
+        for r in relations
+        for m in (
+            "suppression.own.ratio_of_means",
+            "suppression.random.ratio_of_means",
+            "amplification.own.ratio_of_means",
+        )
+    ]
+    figs = "".join(
+        f"<h2>{html.escape(caption)}</h2>{_img(run / name, caption)}"
+        for name, caption in (
+            ("suppression.png", "Suppression and amplification with controls"),
+            ("layers.png", "Where the knowledge neurons are"),
+        )
+        if (run / name).exists()
+    )
+    cards_html = _cards(run, settings, records, cards) if cards and settings.get("model") else ""
+    title = f"legibility scorecard: {settings.get('model', run.name)}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>{len(records)} facts; settings: <code>{html.escape(json.dumps(settings, sort_keys=True))}</code></p>
+<h2>Scorecard</h2>{_table(metrics, list(HEADLINE))}
+{figs}
+<h2>Per relation (ratio of means)</h2>{_table(metrics, per_rel)}
+{"<h2>Knowledge neurons as key-value memories</h2>" + cards_html if cards_html else ""}
+<script>
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = String(imgs.length);
+  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0));
+}});
+</script>
+</body></html>
+"""
+    out = run / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,170 @@
+"""Sweep configs: which training runs to make (variants x grid or random samples x seeds) and how to run them.
+
+```yaml
+name: regularizers
+base: world-gpt2.yaml            # a run config (path relative to this file) or an inline mapping
+variants:                        # named override sets (dotted keys into the run config)
+  none: {}
+  dropout: {model.dropout: 0.1}
+grid: {train.lr: [0.001, 0.003]} # crossed with every variant
+random: {n: 4, space: {model.dropout: {uniform: [0.0, 0.3]}}}   # instead of grid
+seeds: [0, 1, 2]
+score: {facts: 20, ig_steps: 20}
+executor: {name: local, workers: 1}   # or {name: ray, address: auto}
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from legibility.errors import LegibilityError
+
+KEYS = {"name", "base", "variants", "grid", "random", "seeds", "score", "executor"}
+DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run of a sweep: a named variant with overrides, trained with one seed."""
+
+    id: str  # stable: variant, seed and a hash of the overrides
+    variant: str
+    seed: int
+    overrides: dict[str, Any]  # dotted key -> value, applied to the base run config
+    run_config: dict  # the base config with overrides and seed applied (validated)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    name: str = "local"  # "local" or "ray"
+    workers: int = 1  # local: parallel processes (1: in this process, sequentially)
+    address: str | None = None  # ray: cluster address ("auto", "ray://host:10001"); None: a local runtime
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    base: dict  # the base run config mapping
+    trials: list[Trial]
+    score: dict = field(default_factory=dict)  # legibility.training.experiment.ScoreConfig fields
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise LegibilityError(f"override {key!r}: {p!r} is not a section of the run config")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _sample(spec: Any, key: str, rng: random.Random) -> Any:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise LegibilityError(
+            f"random.space.{key}: give one of {sorted(DISTRIBUTIONS)}, e.g. {{uniform: [0, 1]}}"
+        )
+    ((kind, args),) = spec.items()
+    if kind == "choice":
+        return rng.choice(list(args))
+    lo, hi = args
+    if kind == "uniform":
+        return rng.uniform(lo, hi)
+    if kind == "int_uniform":
+        return rng.randint(int(lo), int(hi))
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+def _trial_id(variant: str, overrides: dict, seed: int) -> str:
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{variant}-{digest}-s{seed}"
+
+
+def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
+    """Validate a sweep mapping; every trial's run config is validated now, not when it starts."""
+    from legibility.training.run_config import parse_run_config
+
+    if not isinstance(data, dict):
+        raise LegibilityError("a sweep config is a mapping with keys " + ", ".join(sorted(KEYS)))
+    unknown = set(data) - KEYS
+    if unknown:
+        raise LegibilityError(f"unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(KEYS)}")
+    base = data.get("base")
+    if isinstance(base, str):
+        path = Path(base_dir) / base
+        if not path.is_file():
+            raise LegibilityError(f"sweep base config {path} does not exist")
+        base = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(base, dict):
+        raise LegibilityError("sweep 'base' must be a run config mapping or the path of one")
+    if "grid" in data and "random" in data:
+        raise LegibilityError("give either 'grid' or 'random', not both")
+    variants = data.get("variants") or {"base": {}}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise LegibilityError("'variants' maps a name to a mapping of dotted-key overrides")
+    points: list[dict] = [{}]
+    if data.get("grid"):
+        grid = data["grid"]
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise LegibilityError("'grid' maps dotted keys to non-empty lists of values")
+        points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    elif data.get("random"):
+        spec = data["random"]
+        n, space = spec.get("n"), spec.get("space")
+        if not isinstance(n, int) or n < 1 or not isinstance(space, dict):
+            raise LegibilityError("'random' needs n (>= 1) and space (dotted key -> distribution)")
+        rng = random.Random(spec.get("seed", 0))
+        points = [{k: _sample(v, k, rng) for k, v in space.items()} for _ in range(n)]
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise LegibilityError("'seeds' must be a non-empty list of integers")
+    trials = []
+    for (vname, vover), point, seed in itertools.product(variants.items(), points, seeds):
+        overrides = {**vover, **point}
+        cfg = copy.deepcopy(base)
+        for k, v in overrides.items():
+            set_dotted(cfg, k, v)
+        set_dotted(cfg, "train.seed", seed)
+        try:
+            parse_run_config(copy.deepcopy(cfg))
+        except LegibilityError as e:
+            raise LegibilityError(f"variant {vname!r} with {overrides}: {e}") from e
+        trials.append(Trial(_trial_id(vname, overrides, seed), vname, seed, overrides, cfg))
+    ex = data.get("executor") or {}
+    if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address"}:
+        raise LegibilityError("'executor' takes name (local|ray), workers, address")
+    executor = ExecutorConfig(**ex)
+    score = data.get("score") or {}
+    from legibility.training.experiment import ScoreConfig
+
+    try:
+        ScoreConfig(**score)
+    except TypeError as e:
+        raise LegibilityError(f"'score': {e}") from e
+    return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise LegibilityError(f"sweep config {p} does not exist; see configs/sweeps/ for examples")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LegibilityError(f"{p} is not valid YAML: {e}") from e
+    return parse_sweep(data or {}, p.parent)

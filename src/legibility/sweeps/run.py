@@ -1,0 +1,156 @@
+"""Run a sweep: every trial trains a model then scores it; results land in the DuckDB store.
+
+Executors live in one registry: ``local`` (in this process, or a pool of ``workers`` processes) and ``ray``
+(a Ray cluster at ``address``, or a local Ray runtime). A rerun skips finished trials, reruns those that were
+running when the sweep was killed (the trainer resumes from its last checkpoint) and, unless asked, leaves
+failed trials failed with their error recorded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from legibility.errors import LegibilityError
+from legibility.registry import Registry
+from legibility.sweeps.config import ExecutorConfig, SweepConfig, Trial
+from legibility.sweeps.results import ResultsStore
+
+
+def run_trial(run_config: dict, trial_dir: str, score: dict) -> dict:
+    """Train and score one trial (runs in a worker: arguments and result are plain data)."""
+    from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
+    from legibility.training.run_config import parse_run_config
+    from legibility.training.trainer import train
+
+    cfg = parse_run_config(run_config)
+    out = Path(trial_dir)
+    t0 = time.perf_counter()
+    final = train(cfg, out / "train", progress=False)
+    t1 = time.perf_counter()
+    scored = score_model(
+        out / "train" / "model", all_template_facts(cfg), out / "score", ScoreConfig(**score)
+    )
+    t2 = time.perf_counter()
+    return {
+        "train": final,
+        "metrics": scored["metrics"],
+        "known_facts": scored["known_facts"],
+        "train_s": t1 - t0,
+        "score_s": t2 - t1,
+    }
+
+
+def _error(e: BaseException) -> str:
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return f"{type(e).__name__}: {e}\n" + "".join(tb[-3:])
+
+
+Job = tuple[Trial, str, dict]  # (trial, its directory, score settings)
+OnStart = Callable[[Trial], None]
+OnDone = Callable[[Trial, dict], None]
+OnFail = Callable[[Trial, str], None]
+Executor = Callable[[Sequence[Job], ExecutorConfig, OnStart, OnDone, OnFail], None]
+EXECUTORS: Registry[Executor] = Registry("executor")
+
+
+@EXECUTORS.register("local")
+def local_executor(
+    jobs: Sequence[Job], cfg: ExecutorConfig, start: OnStart, done: OnDone, fail: OnFail
+) -> None:
+    if cfg.workers <= 1:
+        for trial, trial_dir, score in jobs:
+            start(trial)
+            try:
+                result = run_trial(trial.run_config, trial_dir, score)
+            except Exception as e:  # a failing trial is recorded; the others go on
+                fail(trial, _error(e))
+            else:
+                done(trial, result)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads and DuckDB
+    with cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        futures = {}
+        for trial, trial_dir, score in jobs:
+            start(trial)
+            futures[pool.submit(run_trial, trial.run_config, trial_dir, score)] = trial
+        for fut in cf.as_completed(futures):
+            trial = futures[fut]
+            try:
+                done(trial, fut.result())
+            except Exception as e:
+                fail(trial, _error(e))
+
+
+@EXECUTORS.register("ray")
+def ray_executor(
+    jobs: Sequence[Job], cfg: ExecutorConfig, start: OnStart, done: OnDone, fail: OnFail
+) -> None:
+    try:
+        import ray
+    except ImportError as e:
+        raise LegibilityError("the ray executor needs Ray: pip install 'legibility[ray]'") from e
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(run_trial)
+    try:
+        pending = {}
+        for trial, trial_dir, score in jobs:
+            start(trial)
+            pending[remote.remote(trial.run_config, trial_dir, score)] = trial
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            trial = pending.pop(ready[0])
+            try:
+                done(trial, ray.get(ready[0]))
+            except Exception as e:  # RayTaskError wraps the trial's own exception
+                fail(trial, _error(getattr(e, "cause", None) or e))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_sweep(
+    cfg: SweepConfig, out_dir: str | Path, retry_failed: bool = False, progress: bool = True
+) -> dict:
+    """Run the trials not finished yet; returns counts by status."""
+    out = Path(out_dir)
+    executor = EXECUTORS[cfg.executor.name]
+    with ResultsStore(out / "results.duckdb") as store:
+        for t in cfg.trials:
+            store.add_pending(cfg.name, t)
+        status = store.status()
+        skip = {"done"} | (set() if retry_failed else {"failed"})
+        todo = [t for t in cfg.trials if status.get(t.id) not in skip]
+        bar = tqdm(
+            total=len(cfg.trials),
+            initial=len(cfg.trials) - len(todo),
+            desc=f"sweep {cfg.name}",
+            disable=not progress,
+            unit="trial",
+        )
+
+        def on_done(trial: Trial, result: dict) -> None:
+            store.mark_done(trial.id, result)
+            bar.update(1)
+
+        def on_fail(trial: Trial, error: str) -> None:
+            store.mark_failed(trial.id, error)
+            bar.update(1)
+
+        jobs = [(t, str(out / "trials" / t.id), cfg.score) for t in todo]
+        try:
+            executor(jobs, cfg.executor, lambda t: store.mark_running(t.id), on_done, on_fail)
+        finally:
+            bar.close()
+        counts: dict[str, int] = {}
+        for s in store.status().values():
+            counts[s] = counts.get(s, 0) + 1
+    return counts
