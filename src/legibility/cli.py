@@ -9,6 +9,8 @@ from pathlib import Path
 
 from legibility.errors import LegibilityError
 
+# Cheap independent metrics computed by default (no extra attribution runs).
+DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
 HEADLINE = (
     "suppressability",
     "suppression.own",
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-other", type=int, default=3, help="other-relation facts each fact's neurons are tested on"
     )
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help="independent metrics to add to the scorecard: comma-separated names, 'all' or 'none' "
+        "(default: %(default)s; see `legibility metrics`)",
+    )
     from legibility.training import command as train_command
 
     train_command.add_parser(sub)
@@ -114,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
+    p = sub.add_parser("metrics", help="list the independent metrics with their definitions")
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
     p.add_argument("--to", default=None, help="target folder (default: the cache)")
     return parser
@@ -168,6 +177,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
 
     _validate(args)
     METHODS[args.method]  # unknown method: clear error before any work
+    metric_names = _metric_names(args) if score else []
     facts = _load_facts(args)
     lm = load_model(args.model, site=args.site)
     if args.facts:
@@ -227,7 +237,14 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     if score:
         ecfg = EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed)
         effects = pipeline.measure_effects(lm, kept, records, out, ecfg, progress)
-    card = pipeline.write_scorecard(out, records, effects, settings)
+    extra = {}
+    if metric_names:
+        from legibility.metrics.independent import compute_metrics
+        from legibility.metrics.spec import MetricContext
+
+        ctx = MetricContext(lm=lm, facts=kept, neuron_records=records, effects=effects, seed=args.seed)
+        extra = {k: v.to_dict() for k, v in compute_metrics(metric_names, ctx).items()}
+    card = pipeline.write_scorecard(out, records, effects, settings, extra)
     if score:
         suppression_figure(
             card["metrics"], out / "suppression.png", f"{args.model}: knowledge neuron interventions"
@@ -257,9 +274,23 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 0 if not counts.get("failed") else 1
 
 
+def _metric_names(args: argparse.Namespace) -> list[str]:
+    """Parse and check --metrics before any expensive work."""
+    from legibility.metrics.independent import INDEPENDENT
+
+    raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    if raw in ([], ["none"]):
+        return []
+    if raw == ["all"]:
+        return INDEPENDENT.names()
+    for name in raw:
+        INDEPENDENT[name]  # unknown name: LegibilityError listing the known ones
+    return raw
+
+
 def _print_card(metrics: dict[str, dict]) -> None:
     print(f"\n{'metric':34s} {'value':>9s}  {'95% CI':>21s}  {'n':>5s}")
-    for k in HEADLINE:
+    for k in [*HEADLINE, *sorted(k for k in metrics if k.startswith("independent."))]:
         if k in metrics:
             m = metrics[k]
             print(f"{k:34s} {m['value']:9.3f}  [{m['ci_low']:8.3f}, {m['ci_high']:8.3f}]  {m['n']:5d}")
@@ -297,6 +328,15 @@ def main(argv: list[str] | None = None) -> int:
                     "\t".join(
                         "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row
                     )
+                )
+            return 0
+        if args.command == "metrics":
+            from legibility.metrics.independent import INDEPENDENT
+
+            for name in INDEPENDENT:
+                spec = INDEPENDENT[name]
+                print(
+                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit})\n  {spec.definition}\n"
                 )
             return 0
         if args.command == "methods":

@@ -199,10 +199,16 @@ def save_selection(out_dir: Path, selection: FactSelection) -> None:
 
 
 def write_scorecard(
-    out_dir: str | Path, neuron_records: Sequence[dict], effects: Sequence[dict], settings: dict
+    out_dir: str | Path,
+    neuron_records: Sequence[dict],
+    effects: Sequence[dict],
+    settings: dict,
+    extra: dict[str, dict] | None = None,
 ) -> dict:
+    """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones)."""
     out = Path(out_dir)
-    card = {"metrics": scorecard(neuron_records, effects), "settings": settings}
+    card = {"metrics": {**scorecard(neuron_records, effects), **(extra or {})}, "settings": settings}
+
     tmp = out / "scorecard.json.tmp"
     tmp.write_text(json.dumps(card, indent=2, sort_keys=False))
     tmp.replace(out / "scorecard.json")
