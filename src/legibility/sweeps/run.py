@@ -34,20 +34,36 @@ def run_trial(run_config: dict, trial_dir: str, score: dict) -> dict:
     t0 = time.perf_counter()
     final = train(cfg, out / "train", progress=False)
     t1 = time.perf_counter()
-    scored = score_model(
-        out / "train" / "model", all_template_facts(cfg), out / "score", ScoreConfig(**score)
-    )
+    facts = all_template_facts(cfg)
+    scored = score_model(out / "train" / "model", facts, out / "score", ScoreConfig(**score))
+    metrics = {**scored["metrics"], **_independent(out, facts)}
     t2 = time.perf_counter()
     return {
         "train": final,
-        "metrics": scored["metrics"],
+        "metrics": metrics,
         "known_facts": scored["known_facts"],
         "train_s": t1 - t0,
         "score_s": t2 - t1,
     }
 
 
+def _independent(trial_dir: Path, facts: list) -> dict:
+    """The cheap independent metrics of a scored trial, so the report can check them against suppressability."""
+    from legibility.metrics.independent import compute_metrics, context_from_run
+    from legibility.models.loading import load_model
+
+    score_dir = trial_dir / "score"
+    if not (score_dir / "neurons.jsonl").exists():
+        return {}  # the model knew no facts: nothing was attributed
+    lm = load_model(str(trial_dir / "train" / "model"))
+    lm.add_special_tokens = False  # as score_model does for the trained word-level tokenizer
+    ctx = context_from_run(score_dir, lm, facts)
+    names = ["concentration", "overlap", "sparsity", "polysemanticity"]
+    return {k: v.to_dict() for k, v in compute_metrics(names, ctx).items()}
+
+
 def _error(e: BaseException) -> str:
+
     tb = traceback.format_exception(type(e), e, e.__traceback__)
     return f"{type(e).__name__}: {e}\n" + "".join(tb[-3:])
 
