@@ -76,8 +76,19 @@ def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     ):
         assert set(card[key]) == {"value", "ci_low", "ci_high", "n"}
     assert card["neurons.per_fact"]["n"] == 6
+    for name in (
+        "concentration",
+        "overlap",
+        "sparsity",
+        "polysemanticity",
+    ):  # the default independent metrics
+        assert any(k.startswith(f"independent.{name}.") for k in card), name
+
     for name in ("neurons.jsonl", "effects.jsonl", "layers.png", "suppression.png", "facts.json"):
         assert (out / name).stat().st_size > 0
+    assert main(["report", str(out), "--cards", "1"]) == 0
+    page = (out / "report.html").read_text()
+    assert "suppressability" in page and page.count("data:image/png;base64") == 2 and "promotes" in page
     # A rerun finds everything done and produces the same scorecard.
     before = (out / "neurons.jsonl").read_text()
     assert main(args) == 0
@@ -202,3 +213,10 @@ def test_kill_9_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, tiny_mod
     for line in lines:
         rec = json.loads(line)
         assert rec["neurons"] == by_id[rec["fact_id"]]["neurons"]
+
+
+def test_unknown_independent_metric_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["score", "--metrics", "sparsity,bogus", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "electrode" in err
+    assert not (tmp_path / "o").exists()

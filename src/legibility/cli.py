@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from legibility.training import command as train_command
 
     train_command.add_parser(sub)
+    from legibility.editing import command as editing_command
+
+    editing_command.add_parsers(sub)
     p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
     p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
     p.add_argument(
@@ -303,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(args, score=args.command == "score")
         if args.command == "train":
             return args.run(args)
+        if getattr(args, "editing_command", None):
+            from legibility.editing import command as editing_command
+
+            return editing_command.run(args)
+
 
         if args.command == "sweep":
             return run_sweep_command(args)

@@ -1,0 +1,59 @@
+"""Knowledge editing and erasing through FFN value vectors, and FFN neurons read as key-value memories."""
+
+from legibility.editing.edit import (
+    EditConfig,
+    edit_neurons,
+    fact_edit,
+    object_token,
+    shared_neurons,
+    value_edit,
+)
+from legibility.editing.erase import EraseConfig, relation_erase, top_shared
+from legibility.editing.evaluate import EditCase, EditEvaluator, EvalConfig, evaluate_erase, perplexity
+from legibility.editing.memory import (
+    CardConfig,
+    NeuronCard,
+    card_html,
+    card_text,
+    fact_neuron_cards,
+    neuron_card,
+    value_logits,
+)
+from legibility.editing.values import (
+    ValueEdit,
+    embedding_matrix,
+    random_like,
+    token_embedding,
+    value_matrix,
+    value_vector,
+)
+
+__all__ = [
+    "CardConfig",
+    "EditCase",
+    "EditConfig",
+    "EditEvaluator",
+    "EraseConfig",
+    "EvalConfig",
+    "NeuronCard",
+    "ValueEdit",
+    "card_html",
+    "card_text",
+    "edit_neurons",
+    "embedding_matrix",
+    "evaluate_erase",
+    "fact_edit",
+    "fact_neuron_cards",
+    "neuron_card",
+    "object_token",
+    "perplexity",
+    "random_like",
+    "relation_erase",
+    "shared_neurons",
+    "token_embedding",
+    "top_shared",
+    "value_edit",
+    "value_logits",
+    "value_matrix",
+    "value_vector",
+]

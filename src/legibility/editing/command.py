@@ -1,0 +1,275 @@
+"""CLI subcommands ``edit``, ``erase``, ``neuron`` and ``edit-eval``: parse, call the library, format.
+
+The main CLI wires them with :func:`add_parsers` and dispatches to :func:`run`; ``python -m
+legibility.editing.command ...`` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from legibility.errors import LegibilityError
+
+COMMANDS = ("edit", "erase", "neuron", "edit-eval")
+
+
+def add_parsers(subparsers) -> None:
+    """Add the editing subcommands to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("edit", help="edit a fact through its knowledge neurons' value vectors")
+    p.add_argument("--model", default="smollm2-135m", help="embedded model name, local directory or HF id")
+    p.add_argument("--fact", required=True, help='"subject|relation|old object", e.g. "France|P36|Paris"')
+    p.add_argument("--new", required=True, help="the new object")
+    p.add_argument(
+        "--prompt", action="append", help="prompt with [Y] (default: the relation's PARAREL prompts)"
+    )
+    p.add_argument("--lambda-old", type=float, default=1.0, help="lambda1, weight of E[old] (default 1)")
+    p.add_argument("--lambda-new", type=float, default=8.0, help="lambda2, weight of E[new] (default 8)")
+    p.add_argument(
+        "--embedding", choices=("input", "output"), default="input", help="E = word embedding or unembedding"
+    )
+    p.add_argument(
+        "--relation-facts",
+        type=int,
+        default=0,
+        help="locate neurons of this many other known facts of the relation and leave out neurons shared by "
+        "more than --max-share of them (paper protocol; costs one attribution per fact; default 0: off)",
+    )
+    p.add_argument("--max-share", type=float, default=0.1, help="shared-neuron cut-off (default 0.1)")
+    p.add_argument("--save", help="write the edited model copy (save_pretrained) into this directory")
+    _common(p)
+
+    p = subparsers.add_parser(
+        "erase", help="erase a relation by overwriting its most shared knowledge neurons"
+    )
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--relation", required=True, help="PARAREL relation id, e.g. P36")
+    p.add_argument("--facts", type=int, default=10, help="known facts whose knowledge neurons are located")
+    p.add_argument("--top", type=int, default=20, help="N: erase the N most shared neurons")
+    p.add_argument("--mode", choices=("zero", "unk"), default="zero", help="value vectors set to 0 or E[unk]")
+    p.add_argument("--other", default="P37", help="comma-separated relations to check for collateral damage")
+    p.add_argument("--save", help="write the erased model copy into this directory")
+    _common(p)
+
+    p = subparsers.add_parser("neuron", help="print the key-value card of one FFN neuron")
+    p.add_argument("model", help="embedded model name, local directory or HF id")
+    p.add_argument("neuron", help="LAYER:INDEX, e.g. 17:1043")
+    p.add_argument("--relations", default="P36,P1376,P37", help="PARAREL relations whose prompts are read")
+    p.add_argument("--facts", type=int, default=20, help="facts per relation read")
+    p.add_argument("--text", help="a text file read line by line (default: the built-in sample)")
+    p.add_argument("--top", type=int, default=10, help="tokens and contexts shown")
+    p.add_argument("--html", help="also write the card as an HTML fragment to this file")
+    _common(p)
+
+    p = subparsers.add_parser(
+        "edit-eval", help="evaluate fact edits and a relation erase against random neurons"
+    )
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--relation", default="P36")
+    p.add_argument("--facts", type=int, default=15, help="known facts located and edited")
+    p.add_argument("--held-out", type=int, default=15, help="further known facts for the erase evaluation")
+    p.add_argument("--other", default="P37,P103", help="relations for locality")
+    p.add_argument("--other-facts", type=int, default=10)
+    p.add_argument("--top", type=int, default=20, help="erase: N most shared neurons")
+    p.add_argument("--mode", choices=("zero", "unk"), default="zero")
+    p.add_argument("--out", required=True, help="output directory (attributions are cached there)")
+    _common(p)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="PARAREL folder (default: found automatically)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(editing_command=p.prog.split()[-1])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand named by ``args.editing_command``; returns the exit status."""
+    from legibility.models.loading import load_model
+
+    name = args.editing_command
+    lm = load_model(args.model)
+    if name == "neuron":
+        return _neuron(lm, args)
+    if name == "edit":
+        return _edit(lm, args)
+    if name == "erase":
+        return _erase(lm, args)
+    if name == "edit-eval":
+        return _edit_eval(lm, args)
+    raise LegibilityError(f"unknown editing command {name!r}; use one of {', '.join(COMMANDS)}")
+
+
+def _parse_neuron(text: str) -> tuple[int, int]:
+    try:
+        layer, index = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise LegibilityError(f"neuron {text!r} must be LAYER:INDEX, e.g. 17:1043") from None
+    return layer, index
+
+
+def _neuron(lm, args) -> int:
+    from legibility.editing.memory import CardConfig, card_html, card_text, neuron_card
+    from legibility.editing.text import SAMPLE_TEXT
+    from legibility.facts.pararel import load_pararel
+    from legibility.facts.render import render
+
+    layer, index = _parse_neuron(args.neuron)
+    relations = [r for r in args.relations.split(",") if r]
+    facts = (
+        load_pararel(args.data_dir, relations=relations, limit=args.facts, seed=args.seed)
+        if relations
+        else []
+    )
+    prompts = [p for f in facts for p in render(lm, f).prompts]
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else SAMPLE_TEXT
+    card = neuron_card(
+        lm, layer, index, prompts, text, CardConfig(top_tokens=args.top, top_contexts=args.top)
+    )
+    print(card_text(card))
+    if args.html:
+        Path(args.html).write_text(card_html(card), encoding="utf-8")
+    return 0
+
+
+def _fact_from(args, lm):
+    from legibility.facts.pararel import load_pararel
+    from legibility.facts.types import Fact
+
+    parts = [s.strip() for s in args.fact.split("|")]
+    if len(parts) != 3 or not all(parts):
+        raise LegibilityError(
+            f'--fact {args.fact!r} must be "subject|relation|object", e.g. "France|P36|Paris"'
+        )
+    subject, relation, obj = parts
+    if args.prompt:
+        prompts = tuple(p.replace("[X]", subject) for p in args.prompt)
+    else:
+        from legibility.editing.evaluate import pararel_wordings
+
+        prompts = tuple(t.replace("[X]", subject) for t in pararel_wordings(relation, args.data_dir))
+    others = []
+    if args.relation_facts:
+        from legibility.pipeline import KnownConfig, select_known
+
+        pool = [f for f in load_pararel(args.data_dir, relations=[relation]) if f.subject != subject]
+        others = select_known(lm, pool, KnownConfig(limit=args.relation_facts), seed=args.seed).kept
+    return Fact(subject, relation, obj, prompts), others
+
+
+def _locate(lm, rendered, relation):
+    from legibility.attribution import attribute_prompts
+    from legibility.neurons import NeuronConfig, knowledge_neurons
+
+    scores = attribute_prompts(lm, rendered.prompts)  # [prompts, layers, neurons]
+    return knowledge_neurons(rendered.fact.id, relation, scores, NeuronConfig(adaptive=True)).neurons
+
+
+def _table(lm, prompts, old_id, new_id) -> list[str]:
+    from legibility.editing.evaluate import retarget
+    from legibility.forward import predict
+
+    old, new = predict(lm, retarget(prompts, old_id)), predict(lm, retarget(prompts, new_id))
+    rows = []
+    for i, p in enumerate(prompts):
+        top = lm.tokenizer.decode([int(old.top[i])])
+        rows.append(
+            f"  {p.text[-50:]!r:54s} top={top!r:14s} p(old)={old.prob[i]:.3f} p(new)={new.prob[i]:.3f}"
+        )
+    return rows
+
+
+def _edit(lm, args) -> int:
+    from legibility.editing.edit import EditConfig, fact_edit, object_token
+    from legibility.facts.render import render
+
+    fact, others = _fact_from(args, lm)
+    rendered = render(lm, fact)
+    if len(rendered.prompts) < 2:
+        raise LegibilityError(
+            f"fact {fact.id} has {len(rendered.prompts)} usable prompt(s); give --prompt twice or more"
+        )
+    neurons = _locate(lm, rendered, fact.relation)
+    relation_sets = [neurons] + [_locate(lm, r, fact.relation) for r in others] if others else None
+    cfg = EditConfig(args.lambda_old, args.lambda_new, args.max_share, args.embedding)
+    edit = fact_edit(lm, fact, args.new, neurons, relation_sets, cfg)
+    old_id, new_id = object_token(lm, fact, fact.object), object_token(lm, fact, args.new)
+    print(f"knowledge neurons: {neurons}")
+    print(f"edited neurons:    {list(edit.neurons)}  ({edit.description})")
+    if not edit.neurons:
+        print("no neuron left to edit (none located, or all shared by the relation); the model is unchanged")
+        return 1
+    print("before:", *_table(lm, rendered.prompts, old_id, new_id), sep="\n")
+    with edit.applied(lm):
+        print("after:", *_table(lm, rendered.prompts, old_id, new_id), sep="\n")
+    if args.save:
+        copy = edit.copy(lm)
+        copy.model.save_pretrained(args.save)  # type: ignore[operator]
+        lm.tokenizer.save_pretrained(args.save)  # type: ignore[attr-defined]
+        print(f"edited model written to {args.save}")
+    return 0
+
+
+def _erase(lm, args) -> int:
+    from legibility.editing.erase import EraseConfig, relation_erase, top_shared
+    from legibility.editing.evaluate import EvalConfig, evaluate_erase
+    from legibility.facts.pararel import load_pararel
+    from legibility.pipeline import KnownConfig, select_known
+
+    def known(relations, limit):
+        facts = load_pararel(args.data_dir, relations=relations)
+        return select_known(lm, facts, KnownConfig(limit=limit), seed=args.seed).kept
+
+    located = known([args.relation], args.facts)
+    others = known([r for r in args.other.split(",") if r], args.facts) if args.other else []
+    sets = [_locate(lm, r, args.relation) for r in located]
+    cfg = EvalConfig(erase=EraseConfig(args.top, args.mode), seed=args.seed)
+    print("erased neurons (facts sharing each):", top_shared(sets, args.top))
+    kn, rnd = evaluate_erase(lm, sets, located, [], others, config=cfg)
+    for key in kn:
+        if key not in ("arm", "neurons"):
+            print(f"  {key:24s} knowledge neurons {kn[key]!s:>22}   random {rnd.get(key)!s:>22}")
+    if args.save:
+        copy = relation_erase(lm, sets, cfg.erase).copy(lm)
+        copy.model.save_pretrained(args.save)  # type: ignore[operator]
+        lm.tokenizer.save_pretrained(args.save)  # type: ignore[attr-defined]
+        print(f"erased model written to {args.save}")
+    return 0
+
+
+def _edit_eval(lm, args) -> int:
+    from legibility.editing.erase import EraseConfig
+    from legibility.editing.evaluate import EvalConfig
+    from legibility.editing.experiment import ExperimentConfig, run_experiment, summary_markdown
+
+    cfg = ExperimentConfig(
+        relation=args.relation,
+        n_facts=args.facts,
+        held_out=args.held_out,
+        others=tuple(r for r in args.other.split(",") if r),
+        n_others=args.other_facts,
+        eval=EvalConfig(erase=EraseConfig(args.top, args.mode), seed=args.seed),
+        data_dir=args.data_dir,
+    )
+    summary = run_experiment(lm, args.out, cfg)
+    print(summary_markdown(summary))
+    print(
+        json.dumps({k: summary[k] for k in ("n_located", "n_held_out", "n_other_facts", "neurons_per_fact")})
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="legibility")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except LegibilityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The reference editing experiment on PARAREL: locate knowledge neurons for known facts of one relation,
+edit each fact and erase the relation, each against random neurons; results are written to ``out_dir``.
+
+Knowledge neurons are located with the prompts in the relation's first wording only (e.g. "capital"), so
+that prompts in the other wording (e.g. "capital city") measure synonymy. Attributions are cached in
+``out_dir/neurons.jsonl``, so a rerun (e.g. with other edit settings) does not recompute them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from legibility.attribution import attribute_prompts
+from legibility.editing.evaluate import (
+    INVERSE_RELATIONS,
+    EditCase,
+    EditEvaluator,
+    EvalConfig,
+    choose_new_objects,
+    evaluate_erase,
+    first_queries,
+    inverse_fact,
+    pararel_wordings,
+    split_wording,
+    summarize_edits,
+)
+from legibility.editing.text import SAMPLE_TEXT
+from legibility.errors import LegibilityError
+from legibility.facts.pararel import load_pararel
+from legibility.facts.render import render
+from legibility.facts.types import RenderedFact
+from legibility.forward import predict
+from legibility.models.loading import LoadedModel
+from legibility.neurons import NeuronConfig, knowledge_neurons
+from legibility.store import JsonlStore
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Which facts the editing experiment uses."""
+
+    relation: str = "P36"  # the relation whose facts are edited and which is erased
+    n_facts: int = 15  # known facts whose neurons are located and which are edited
+    held_out: int = 15  # further known facts of the relation, only to test the erase on unseen facts
+    others: tuple[str, ...] = ("P37", "P103")  # other relations, for locality
+    n_others: int = 10  # known facts per other relation
+    neurons: NeuronConfig = field(default_factory=lambda: NeuronConfig(adaptive=True))
+    method: str = "ig"  # attribution method
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # also edit with every knowledge neuron (no shared-neuron filter), since with few facts the paper's
+    # filter can leave a fact with no neuron at all
+    unfiltered: bool = True
+    # locate and edit first the facts whose inverse the model knows (subject in its top k when asked about
+    # the object), so that the symmetry test asks about facts the model holds in both directions
+    symmetric_first: bool = True
+    data_dir: str | None = None  # PARAREL folder (default: found automatically)
+
+
+def _known(
+    lm: LoadedModel, relations: list[str], limit: int, cfg: ExperimentConfig, out: Path, progress: bool
+) -> list[RenderedFact]:
+    """Known facts of ``relations`` (at most ``limit`` each), cached by id in ``out`` (the scan is slow)."""
+    from legibility.pipeline import KnownConfig, select_known
+
+    facts = load_pararel(cfg.data_dir, relations=relations)
+    cache = out / f"known-{'-'.join(relations)}-{limit}-{cfg.eval.seed}.json"
+    if cache.exists():
+        by_id = {f.id: f for f in facts}
+        return [render(lm, by_id[i]) for i in json.loads(cache.read_text())]
+    kept = select_known(lm, facts, KnownConfig(limit=limit), seed=cfg.eval.seed, progress=progress).kept
+    cache.write_text(json.dumps([r.fact.id for r in kept]))
+    return kept
+
+
+def run_experiment(
+    lm: LoadedModel, out_dir: str | Path, config: ExperimentConfig | None = None, progress: bool = True
+) -> dict:
+    """Run the experiment, write ``edits.jsonl``, ``erase.json`` and ``summary.json``; return the summary."""
+    cfg = config or ExperimentConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rel = cfg.relation
+    known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress)
+    wordings = pararel_wordings(rel, cfg.data_dir)
+    inverse = INVERSE_RELATIONS.get(rel)
+    inverse_templates = list(pararel_wordings(inverse, cfg.data_dir)) if inverse else []
+
+    n_inverse_known = None
+    if inverse and cfg.symmetric_first:
+        flags = {}
+        for r in known:
+            f = inverse_fact(inverse_templates, r.fact.object, r.fact.subject, inverse)
+            inv = render(lm, f, multi_token=True).prompts
+            flags[r.fact.id] = bool(inv) and bool(
+                (predict(lm, first_queries(inv)).rank < cfg.eval.top_k).any()
+            )
+        known = sorted(known, key=lambda r: not flags[r.fact.id])  # stable: keeps the sampled order otherwise
+        n_inverse_known = sum(flags.values())
+
+    located: list[RenderedFact] = []
+    held_out: list[RenderedFact] = []
+    splits: list[RenderedFact] = []
+    for r in known:
+        locate, synonyms = split_wording(r.fact, wordings)
+        rl, rs = render(lm, locate), render(lm, synonyms)
+        if len(located) < cfg.n_facts and len(rl.prompts) >= cfg.neurons.min_prompts:
+            located.append(rl)
+            splits.append(rs)
+        else:
+            held_out.append(r)
+    if not located:
+        raise LegibilityError(f"the model knows no fact of {rel} with enough prompts in one wording")
+
+    store = JsonlStore(out / "neurons.jsonl")
+    bar = tqdm(total=len(located), desc="knowledge neurons", disable=not progress, unit="fact")
+    neurons = []
+    for r in located:
+        if r.fact.id not in store:
+            scores = attribute_prompts(lm, r.prompts, cfg.method)  # [prompts, layers, neurons]
+            kn = knowledge_neurons(r.fact.id, rel, scores, cfg.neurons)
+            store.append({"fact_id": r.fact.id, "neurons": [list(n) for n in kn.neurons], "share": kn.share})
+        neurons.append([tuple(n) for n in store.records[r.fact.id]["neurons"]])
+        bar.update(1)
+    bar.close()
+
+    news = choose_new_objects(lm, [r.fact for r in located], cfg.eval.seed)
+    cases = []
+    for r, syn, new, ns in zip(located, splits, news, neurons, strict=True):
+        f = r.fact
+        inv_new = inv_old = []
+        if inverse:
+            inv_new = render(
+                lm, inverse_fact(inverse_templates, new, f.subject, inverse), multi_token=True
+            ).prompts
+            inv_old = render(
+                lm, inverse_fact(inverse_templates, f.object, f.subject, inverse), multi_token=True
+            ).prompts
+        cases.append(EditCase(r, new, list(ns), syn.prompts, inv_new, inv_old))  # type: ignore[arg-type]
+
+    others = _known(lm, list(cfg.others), cfg.n_others, cfg, out, progress) if cfg.others else []
+    variants = {"paper": cfg.eval}
+    if cfg.unfiltered:
+        variants["unfiltered"] = replace(cfg.eval, edit=replace(cfg.eval.edit, max_share=1.0))
+    records = []
+    with (out / "edits.jsonl").open("w", encoding="utf-8") as sink:
+        for variant, ecfg in variants.items():
+            evaluator = EditEvaluator(lm, cases, others, neurons, SAMPLE_TEXT, ecfg)  # type: ignore[arg-type]
+            for case in tqdm(cases, desc=f"edits ({variant})", disable=not progress, unit="fact"):
+                for rec in evaluator.case(case):
+                    rec["variant"] = variant
+                    records.append(rec)
+                    sink.write(json.dumps(rec) + "\n")
+    erase = evaluate_erase(lm, neurons, located, held_out, others, SAMPLE_TEXT, cfg.eval)  # type: ignore[arg-type]
+    (out / "erase.json").write_text(json.dumps(erase, indent=1))
+    summary = {
+        "model": lm.name,
+        "relation": rel,
+        "inverse": inverse,
+        "config": asdict(cfg),
+        "n_located": len(located),
+        "n_held_out": len(held_out),
+        "n_other_facts": len(others),
+        "n_inverse_known": n_inverse_known,
+        "neurons_per_fact": [len(n) for n in neurons],
+        "edit": {
+            v: summarize_edits([r for r in records if r["variant"] == v], cfg.eval.top_k) for v in variants
+        },
+        "erase": erase,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """The summary as two markdown tables (fact edit, relation erase), knowledge neurons vs random."""
+
+    def fmt(x: object) -> str:
+        return (
+            "n/a"
+            if x is None or (isinstance(x, float) and x != x)
+            else f"{x:.3f}"
+            if isinstance(x, float)
+            else str(x)
+        )
+
+    edit = summary["edit"]
+    variants = list(edit)
+    head = " | ".join(f"{v}: knowledge neurons | {v}: random neurons" for v in variants)
+    lines = [f"| fact edit (mean over facts) | {head} |", "|---" * (1 + 2 * len(variants)) + "|"]
+    for metric in edit[variants[0]]:
+        cells = " | ".join(
+            f"{fmt(edit[v][metric].get('kn'))} | {fmt(edit[v][metric].get('random'))}" for v in variants
+        )
+        lines.append(f"| {metric} | {cells} |")
+    lines += ["", "| relation erase | knowledge neurons | random neurons |", "|---|---|---|"]
+    kn, rnd = summary["erase"]
+    for key in kn:
+        if key in ("arm", "neurons"):
+            continue
+        lines.append(f"| {key} | {fmt(kn[key])} | {fmt(rnd.get(key))} |")
+    return "\n".join(lines)
