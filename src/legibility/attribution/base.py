@@ -14,7 +14,7 @@ from legibility.facts.types import PromptQueries, Query
 from legibility.models.loading import LoadedModel
 from legibility.registry import Registry
 
-Quadrature = Literal["left", "endpoints"]
+Quadrature = Literal["left", "endpoints", "gauss-legendre"]
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,12 @@ class AttributionConfig:
     """Integrated-gradients settings. Defaults follow Dai et al. (2022)."""
 
     steps: int = 20  # m, the number of points on the path from the zero baseline to the activation
-    # "left": alpha_i = i/m, i = 0..m-1 (paper, official code); "endpoints": linspace(0, 1, m) (EleutherAI)
+    # "left": alpha_i = i/m, i = 0..m-1 (paper, official code); "endpoints": linspace(0, 1, m) (EleutherAI);
+    # "gauss-legendre": the m Gauss-Legendre nodes and weights on [0, 1]
     quadrature: Quadrature = "left"
     batch_size: int = 64  # rows per forward/backward pass (memory bound, not a numerical setting)
+    nodes: int = 6  # Gauss-Legendre nodes of the approximate "ig-gauss" method (it ignores steps)
+    candidates: int = 32  # neurons that grad x activation passes to exact IG in "ig-prefilter"
 
     def alphas(self) -> Tensor:
         if self.steps < 1:
@@ -33,11 +36,23 @@ class AttributionConfig:
             return torch.arange(self.steps, dtype=torch.float32) / self.steps
         if self.quadrature == "endpoints":
             return torch.linspace(0.0, 1.0, self.steps)
-        raise LegibilityError(f"unknown quadrature {self.quadrature!r}; use 'left' or 'endpoints'")
+        if self.quadrature == "gauss-legendre":
+            return self._gauss()[0]
+        raise LegibilityError(
+            f"unknown quadrature {self.quadrature!r}; use 'left', 'endpoints' or 'gauss-legendre'"
+        )
 
     def weights(self) -> Tensor:
         """Weight of each path point's gradient; attribution = activation * sum_i w_i grad_i."""
+        if self.quadrature == "gauss-legendre":
+            return self._gauss()[1]
         return torch.full((self.steps,), 1.0 / self.steps)
+
+    def _gauss(self) -> tuple[Tensor, Tensor]:
+        import numpy as np
+
+        x, w = np.polynomial.legendre.leggauss(self.steps)  # on [-1, 1]
+        return torch.tensor((x + 1) / 2, dtype=torch.float32), torch.tensor(w / 2, dtype=torch.float32)
 
 
 # (lm, queries, config) -> scores [n_queries, n_layers, n_neurons]
