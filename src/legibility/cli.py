@@ -8,24 +8,10 @@ import sys
 from pathlib import Path
 
 from legibility.errors import LegibilityError
+from legibility.metrics.scorecard import HEADLINE
 
 # Cheap independent metrics computed by default (no extra attribution runs).
 DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
-HEADLINE = (
-    "suppressability",
-    "suppression.own",
-    "suppression.random",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "amplification.own",
-    "amplification.random",
-    "amplification.other_relation",
-    "neurons.per_fact",
-    "neurons.facts_with_any",
-    "neurons.overlap.same_relation",
-    "neurons.overlap.other_relation",
-)
 
 
 def _fact_args(p: argparse.ArgumentParser) -> None:
@@ -310,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
             from legibility.editing import command as editing_command
 
             return editing_command.run(args)
-
 
         if args.command == "sweep":
             return run_sweep_command(args)

@@ -29,6 +29,22 @@ import numpy as np
 from legibility.metrics.stats import Estimate, mean_estimate, ratio_of_means_estimate
 
 OPS = {"suppress": "suppression", "amplify": "amplification"}
+# The scorecard entries shown first by the CLI and the reports.
+HEADLINE = (
+    "suppressability",
+    "suppression.own",
+    "suppression.random",
+    "suppression.activation",
+    "suppression.same_relation",
+    "suppression.other_relation",
+    "amplification.own",
+    "amplification.random",
+    "amplification.other_relation",
+    "neurons.per_fact",
+    "neurons.facts_with_any",
+    "neurons.overlap.same_relation",
+    "neurons.overlap.other_relation",
+)
 
 
 def _rel(before: np.ndarray, after: np.ndarray) -> np.ndarray:

@@ -35,6 +35,16 @@ img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
+# Marks <body> with data-images-ok="true" once every figure has decoded (what the browser test reads).
+IMAGES_CHECK = """<script>
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = String(imgs.length);
+  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0));
+});
+</script>"""
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -93,13 +103,7 @@ def render_report(rows: Sequence[dict], title: str, figures: Sequence[tuple[Path
 {_summary_table(done)}
 {figs}
 <h2>Trials</h2><div class="cards">{cards}</div>
-<script>
-window.addEventListener("load", () => {{
-  const imgs = Array.from(document.images);
-  document.body.dataset.images = String(imgs.length);
-  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0));
-}});
-</script>
+{IMAGES_CHECK}
 </body></html>
 """
 

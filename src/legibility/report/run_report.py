@@ -8,22 +8,8 @@ import json
 from pathlib import Path
 
 from legibility.errors import LegibilityError
-from legibility.report.html import CSS, _img
-
-HEADLINE = (
-    "suppressability",
-    "suppression.own",
-    "suppression.random",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "amplification.own",
-    "amplification.random",
-    "neurons.per_fact",
-    "neurons.facts_with_any",
-    "neurons.overlap.same_relation",
-    "neurons.overlap.other_relation",
-)
+from legibility.metrics.scorecard import HEADLINE
+from legibility.report.html import CSS, IMAGES_CHECK, _img
 
 
 def _table(metrics: dict[str, dict], keys: list[str]) -> str:
@@ -96,13 +82,7 @@ def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
 {figs}
 <h2>Per relation (ratio of means)</h2>{_table(metrics, per_rel)}
 {"<h2>Knowledge neurons as key-value memories</h2>" + cards_html if cards_html else ""}
-<script>
-window.addEventListener("load", () => {{
-  const imgs = Array.from(document.images);
-  document.body.dataset.images = String(imgs.length);
-  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0));
-}});
-</script>
+{IMAGES_CHECK}
 </body></html>
 """
     out = run / "report.html"

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from legibility.errors import LegibilityError
 
 KEYS = {"name", "base", "variants", "grid", "random", "seeds", "score", "executor"}
@@ -97,7 +95,7 @@ def _trial_id(variant: str, overrides: dict, seed: int) -> str:
 
 def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
     """Validate a sweep mapping; every trial's run config is validated now, not when it starts."""
-    from legibility.training.run_config import parse_run_config
+    from legibility.training.run_config import parse_run_config, read_yaml
 
     if not isinstance(data, dict):
         raise LegibilityError("a sweep config is a mapping with keys " + ", ".join(sorted(KEYS)))
@@ -106,10 +104,7 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
         raise LegibilityError(f"unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(KEYS)}")
     base = data.get("base")
     if isinstance(base, str):
-        path = Path(base_dir) / base
-        if not path.is_file():
-            raise LegibilityError(f"sweep base config {path} does not exist")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = read_yaml(Path(base_dir) / base, "sweep base config")
     if not isinstance(base, dict):
         raise LegibilityError("sweep 'base' must be a run config mapping or the path of one")
     if "grid" in data and "random" in data:
@@ -160,11 +155,6 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
 
 
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise LegibilityError(f"sweep config {p} does not exist; see configs/sweeps/ for examples")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LegibilityError(f"{p} is not valid YAML: {e}") from e
-    return parse_sweep(data or {}, p.parent)
+    from legibility.training.run_config import read_yaml
+
+    return parse_sweep(read_yaml(path, "sweep config", "configs/sweeps/"), Path(path).parent)

@@ -20,12 +20,17 @@ def parse_run_config(data: dict) -> RunConfig:
     return cfg
 
 
-def load_run_config(path: str | os.PathLike) -> RunConfig:
+def read_yaml(path: str | os.PathLike, what: str = "config file", examples: str = "configs/") -> dict:
+    """The mapping in a YAML file ({} for an empty one), with clear errors for a missing or broken file."""
     p = Path(path)
     if not p.is_file():
-        raise LegibilityError(f"config file {p} does not exist; see configs/ for examples")
+        raise LegibilityError(f"{what} {p} does not exist; see {examples} for examples")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise LegibilityError(f"{p} is not valid YAML: {e}") from e
-    return parse_run_config(data or {})
+    return data or {}
+
+
+def load_run_config(path: str | os.PathLike) -> RunConfig:
+    return parse_run_config(read_yaml(path))
