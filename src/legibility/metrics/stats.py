@@ -39,7 +39,10 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     stats = np.array([stat(data[i]) for i in idx])
+    if np.isnan(stats).all():  # e.g. a ratio whose denominator is 0 in every resample
+        return Estimate(value, float("nan"), float("nan"), n)
     lo, hi = np.nanpercentile(stats, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+
     return Estimate(value, float(lo), float(hi), n)
 
 
