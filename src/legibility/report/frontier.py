@@ -124,17 +124,29 @@ def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
     return out
 
 
+# Scorecard and training columns of the agreement matrix (besides every independent metric).
+AGREEMENT_CORE = (
+    "suppressability",
+    "fact_accuracy",
+    "val_loss",
+    "suppression.own",
+    "suppression.activation",
+    "suppression.same_relation",
+    "suppression.other_relation",
+    "amplification.own",
+    "neurons.per_fact",
+)
+
+
 def agreement_keys(rows: Sequence[dict]) -> list[str]:
-    """Metrics present in enough trials to correlate, suppressability first."""
+    """Metrics present in enough trials to correlate: the core columns, then every independent metric."""
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
         for k in trial_metrics(r):
             counts[k] += 1
-    wanted = [
-        k for k in counts if counts[k] >= 3 and not k.endswith((".ratio_of_means", "step", "lr", "grad_norm"))
-    ]
-    head = [k for k in ("suppressability", "fact_accuracy", "val_loss") if k in wanted]
-    return head + sorted(k for k in wanted if k not in head)
+    head = [k for k in AGREEMENT_CORE if counts.get(k, 0) >= 3]
+    independent = sorted(k for k in counts if k.startswith("independent.") and counts[k] >= 3)
+    return head + independent
 
 
 def agreement_figure(rows: Sequence[dict], path: str | Path) -> Path:
