@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,42 +124,31 @@ def find_neurons(
     progress: bool = True,
 ) -> list[dict]:
     """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes."""
-    store = JsonlStore(Path(out_dir) / "neurons.jsonl")
     ncfg = neurons or NeuronConfig()
-    todo = [r for r in facts if r.fact.id not in store]
-    bar = tqdm(
-        total=len(facts),
-        initial=len(facts) - len(todo),
-        desc="knowledge neurons",
-        disable=not progress,
-        unit="fact",
-    )
-    for r in todo:
+
+    def compute(r: RenderedFact) -> dict:
         scores = attribute_prompts(lm, r.prompts, method, attribution)  # [prompts, layers, neurons]
         kn = knowledge_neurons(r.fact.id, r.fact.relation, scores, ncfg)
         mean = scores.mean(0).flatten()
         top = torch.topk(mean, min(10, mean.numel()))
-        store.append(
-            {
-                "fact_id": r.fact.id,
-                "relation": r.fact.relation,
-                "subject": r.fact.subject,
-                "object": r.fact.object,
-                "prompts": [p.text for p in r.prompts],
-                "n_prompts": len(r.prompts),
-                "min_prompts": ncfg.min_prompts,
-                "neurons": [list(n) for n in kn.neurons],
-                "share": kn.share,
-                "coarse_sizes": [len(c) for c in kn.coarse],
-                "top_mean_scores": [
-                    [int(i) // lm.sites.n_neurons, int(i) % lm.sites.n_neurons, float(v)]
-                    for v, i in zip(top.values, top.indices, strict=True)
-                ],
-            }
-        )
-        bar.update(1)
-    bar.close()
-    return [store.records[r.fact.id] for r in facts]
+        return {
+            "fact_id": r.fact.id,
+            "relation": r.fact.relation,
+            "subject": r.fact.subject,
+            "object": r.fact.object,
+            "prompts": [p.text for p in r.prompts],
+            "n_prompts": len(r.prompts),
+            "min_prompts": ncfg.min_prompts,
+            "neurons": [list(n) for n in kn.neurons],
+            "share": kn.share,
+            "coarse_sizes": [len(c) for c in kn.coarse],
+            "top_mean_scores": [
+                [int(i) // lm.sites.n_neurons, int(i) % lm.sites.n_neurons, float(v)]
+                for v, i in zip(top.values, top.indices, strict=True)
+            ],
+        }
+
+    return _stream(Path(out_dir) / "neurons.jsonl", facts, compute, "knowledge neurons", progress)
 
 
 def measure_effects(
@@ -171,24 +160,33 @@ def measure_effects(
     progress: bool = True,
 ) -> list[dict]:
     """Suppression/amplification effects with controls for every fact that has knowledge neurons."""
-    store = JsonlStore(Path(out_dir) / "effects.jsonl")
     by_id = {rec["fact_id"]: rec for rec in neuron_records}
     targets = [r for r in facts if by_id.get(r.fact.id, {}).get("neurons")]
     runner = EffectRunner(lm, facts, config)
-    todo = [r for r in targets if r.fact.id not in store]
-    bar = tqdm(
-        total=len(targets),
-        initial=len(targets) - len(todo),
-        desc="suppress/amplify",
-        disable=not progress,
-        unit="fact",
-    )
-    for r in todo:
-        neurons = [tuple(n) for n in by_id[r.fact.id]["neurons"]]
-        store.append(runner.fact_effects(r, neurons))  # type: ignore[arg-type]
-        bar.update(1)
-    bar.close()
-    return [store.records[r.fact.id] for r in targets]
+
+    def compute(r: RenderedFact) -> dict:
+        return runner.fact_effects(r, [tuple(n) for n in by_id[r.fact.id]["neurons"]])  # type: ignore[misc]
+
+    return _stream(Path(out_dir) / "effects.jsonl", targets, compute, "suppress/amplify", progress)
+
+
+def _stream(
+    path: Path,
+    facts: Sequence[RenderedFact],
+    compute: Callable[[RenderedFact], dict],
+    desc: str,
+    progress: bool,
+) -> list[dict]:
+    """Records of ``facts`` in ``path``, computing and appending (one line each) only those not there yet."""
+    store = JsonlStore(path)
+    todo = [r for r in facts if r.fact.id not in store]
+    with tqdm(
+        total=len(facts), initial=len(facts) - len(todo), desc=desc, disable=not progress, unit="fact"
+    ) as bar:
+        for r in todo:
+            store.append(compute(r))
+            bar.update(1)
+    return [store.records[r.fact.id] for r in facts]
 
 
 def save_selection(out_dir: Path, selection: FactSelection) -> None:
