@@ -38,7 +38,12 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
+bench: $(STAMP)
+	$(PY) bench/attribution.py --prompts 3 --smollm-prompts 2 --facts 1
+	$(PY) bench/training.py
+
 test-fast: $(STAMP)
+
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
