@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LOOSE = ["--known-top-k", "1000", "--known-share", "0.0", "--no-progress"]
 
 
+def _args(command: str, model_dir: Path, facts: Path, out: Path, *extra: str) -> list[str]:
+    """CLI arguments of a run of the tiny model on a facts file."""
+    return [command, "--model", str(model_dir), "--facts", str(facts), "--out", str(out), *extra]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
@@ -51,18 +56,7 @@ def _facts_file(path: Path, n: int = 4) -> Path:
 def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     facts = _facts_file(tmp_path / "f.jsonl", 6)
-    args = [
-        "score",
-        "--model",
-        str(tiny_model_dir),
-        "--facts",
-        str(facts),
-        "--out",
-        str(out),
-        "--steps",
-        "4",
-        *LOOSE,
-    ]
+    args = _args("score", tiny_model_dir, facts, out, "--steps", "4", *LOOSE)
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "suppressability" in printed and str(out) in printed
@@ -118,10 +112,7 @@ def test_bad_inputs_exit_nonzero_with_one_clear_message(
 def test_malformed_facts_file_names_the_line(tmp_path, capsys, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"subject": "a", "relation": "P1", "object": "b", "prompts": ["[Y]"]}\n{oops\n')
-    assert (
-        main(["neurons", "--model", str(tiny_model_dir), "--facts", str(bad), "--out", str(tmp_path / "o")])
-        == 2
-    )
+    assert main(_args("neurons", tiny_model_dir, bad, tmp_path / "o")) == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
 
 
@@ -138,28 +129,14 @@ def test_multi_token_target_in_single_token_mode_is_refused(tmp_path, capsys, ti
         )
         + "\n"
     )
-    assert (
-        main(["neurons", "--model", str(tiny_model_dir), "--facts", str(f), "--out", str(tmp_path / "o")])
-        == 2
-    )
-    assert (
-        "not a single token" in capsys.readouterr().err
-        and "--multi-token" in capsys.readouterr().err + "--multi-token"
-    )
+    assert main(_args("neurons", tiny_model_dir, f, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "not a single token" in err and "--multi-token" in err
 
 
 def test_changed_settings_on_an_existing_out_dir_are_refused(tmp_path, capsys, tiny_model_dir):
     facts = _facts_file(tmp_path / "f.jsonl", 2)
-    base = [
-        "neurons",
-        "--model",
-        str(tiny_model_dir),
-        "--facts",
-        str(facts),
-        "--out",
-        str(tmp_path / "o"),
-        *LOOSE,
-    ]
+    base = _args("neurons", tiny_model_dir, facts, tmp_path / "o", *LOOSE)
     assert main([*base, "--steps", "2"]) == 0
     assert main([*base, "--steps", "3"]) == 2
     assert "steps: 2 -> 3" in capsys.readouterr().err
@@ -170,21 +147,8 @@ def test_kill_9_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, tiny_mod
     out = tmp_path / "run"
 
     def command(out_dir):
-        return [
-            sys.executable,
-            "-m",
-            "legibility.cli",
-            "neurons",
-            "--model",
-            str(tiny_model_dir),
-            "--facts",
-            str(facts),
-            "--out",
-            str(out_dir),
-            "--steps",
-            "20",
-            *LOOSE,
-        ]
+        cli = _args("neurons", tiny_model_dir, facts, out_dir, "--steps", "20", *LOOSE)
+        return [sys.executable, "-m", "legibility.cli", *cli]
 
     cmd = command(out)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
