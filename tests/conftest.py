@@ -32,7 +32,6 @@ def _threads(request):
     torch.set_num_threads(before)
 
 
-
 @pytest.fixture(scope="session")
 def pararel_dir() -> Path:
     if not (PARAREL / "patterns").is_dir():

@@ -246,9 +246,16 @@ def _chromium() -> str:
 
 def test_ray_executor_runs_trials_and_records_failures(tmp_path):
     ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
-    cfg = parse_sweep({"name": "ray", "base": BASE, "variants": {"ok": {}, "diverges": {"train.lr": 1e12,
-                       "train.grad_clip": 0.0}}, "seeds": [0], "score": SCORE,
-                       "executor": {"name": "ray", "address": None}})
+    cfg = parse_sweep(
+        {
+            "name": "ray",
+            "base": BASE,
+            "variants": {"ok": {}, "diverges": {"train.lr": 1e12, "train.grad_clip": 0.0}},
+            "seeds": [0],
+            "score": SCORE,
+            "executor": {"name": "ray", "address": None},
+        }
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         counts = run_sweep(cfg, tmp_path, progress=False)
