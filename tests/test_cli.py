@@ -96,14 +96,21 @@ def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
         (["--data-dir", "/nonexistent/pararel"], "PARAREL data not found"),
         (["--model", "/nonexistent/model"], "does not exist"),
         (["--method", "nope"], "unknown attribution method 'nope'"),
-        (["--limit", "0"], "--limit must be >= 1"),
+        (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["--n-same", "-5"], "argument --n-same: must be >= 0, got -5"),
+        (["--known-share", "1.5"], "argument --known-share: must be in [0.0, 1.0], got 1.5"),
+        (["--steps", "two"], "argument --steps: 'two' is not an integer"),
+        (["--relations", "P36,P10e"], "P10e (did you mean"),
+        (["--model", "smollm2-13m"], "did you mean 'smollm2-135m'"),
+        (["--model", "nobody/no-such-model"], "hub is offline"),
     ],
 )
 def test_bad_inputs_exit_nonzero_with_one_clear_message(
     tmp_path, capsys, extra, message, pararel_dir, monkeypatch
 ):
     monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
-    code = main(["neurons", "--out", str(tmp_path / "o"), *extra])
+    command = "score" if "--n-same" in extra else "neurons"
+    code = main([command, "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err

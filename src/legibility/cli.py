@@ -1,17 +1,71 @@
-"""Command line: a thin layer over the library. `legibility --help` lists the commands."""
+"""Command line: a thin layer over the library. `legibility --help` lists the commands.
+
+It parses and checks the arguments (every number against its range), checks the input files and the
+model name, all before torch is imported, then calls the library (:func:`legibility.run.run`) and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from legibility.errors import LegibilityError
-from legibility.metrics.scorecard import HEADLINE
 
 # Cheap independent metrics computed by default (no extra attribution runs).
 DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
+# Commands whose parsers need no other package: parsing them imports nothing heavy.
+LIGHT_COMMANDS = {"neurons", "score", "sweep", "report", "results", "methods", "metrics", "download-pararel"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line (the usage is one `--help` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` within [low, high] (or the open ends asked for)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        lo_ok = low is None or (value > low if open_low else value >= low)
+        hi_ok = high is None or (value < high if open_high else value <= high)
+        if not (lo_ok and hi_ok):
+            lo = "" if low is None else ("(" if open_low else "[") + f"{low}"
+            hi = "" if high is None else f"{high}" + (")" if open_high else "]")
+            where = (
+                f"in {lo}, {hi}"
+                if low is not None and high is not None
+                else (
+                    f"{'>' if open_low else '>='} {low}"
+                    if low is not None
+                    else f"{'<' if open_high else '<='} {high}"
+                )
+            )
+            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = _number(int, 1)
+NON_NEGATIVE = _number(int, 0)
 
 
 def _fact_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +83,7 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relations", default=None, help="comma-separated PARAREL relations, e.g. P36,P103 (default: all)"
     )
-    p.add_argument("--limit", type=int, default=None, help="at most this many known facts per relation")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="at most this many known facts per relation")
     p.add_argument("--facts", default=None, help="JSONL file of your own facts instead of PARAREL")
     p.add_argument(
         "--data-dir",
@@ -41,27 +95,49 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--method", default="ig", help="attribution method (default: %(default)s; see `legibility methods`)"
     )
     p.add_argument(
-        "--steps", type=int, default=20, help="integrated-gradients steps m (default: %(default)s)"
+        "--steps", type=POSITIVE, default=20, help="integrated-gradients steps m (default: %(default)s)"
     )
-    p.add_argument("--threshold", type=float, default=0.2, help="coarse threshold t (default: %(default)s)")
-    p.add_argument("--share", type=float, default=0.5, help="refining share p (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=_number(float, 0.0, 1.0, open_low=True, open_high=True),
+        default=0.2,
+        help="coarse threshold t in (0, 1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--share",
+        type=_number(float, 0.0, 1.0, open_high=True),
+        default=0.5,
+        help="refining share p in [0, 1) (default: %(default)s)",
+    )
     p.add_argument("--adaptive", action="store_true", help="adapt p per fact to keep 2-5 neurons")
     p.add_argument(
-        "--min-prompts", type=int, default=2, help="minimum usable prompts per fact (default: %(default)s)"
+        "--min-prompts",
+        type=POSITIVE,
+        default=2,
+        help="minimum usable prompts per fact (default: %(default)s)",
     )
     p.add_argument("--multi-token", action="store_true", help="allow multi-token targets (gold continuation)")
     p.add_argument(
-        "--known-top-k", type=int, default=1, help="a fact is known if its target is in the top k ..."
+        "--known-top-k", type=POSITIVE, default=1, help="a fact is known if its target is in the top k ..."
     )
     p.add_argument(
-        "--known-share", type=float, default=0.5, help="... for at least this share of its prompts"
+        "--known-share",
+        type=_number(float, 0.0, 1.0),
+        default=0.5,
+        help="... for at least this share of its prompts",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="--out holds a run with other settings or inputs: recompute it from scratch",
+    )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="legibility", description=__doc__)
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The CLI's parser; ``light`` leaves out the commands whose parsers import torch (train, editing)."""
+    parser = _Parser(prog="legibility", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("neurons", help="find the knowledge neurons of known facts")
     _fact_args(p)
@@ -70,10 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _fact_args(p)
     p.add_argument(
-        "--n-same", type=int, default=3, help="same-relation facts each fact's neurons are tested on"
+        "--n-same", type=NON_NEGATIVE, default=3, help="same-relation facts each fact's neurons are tested on"
     )
     p.add_argument(
-        "--n-other", type=int, default=3, help="other-relation facts each fact's neurons are tested on"
+        "--n-other",
+        type=NON_NEGATIVE,
+        default=3,
+        help="other-relation facts each fact's neurons are tested on",
     )
     p.add_argument(
         "--metrics",
@@ -81,18 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="independent metrics to add to the scorecard: comma-separated names, 'all' or 'none' "
         "(default: %(default)s; see `legibility metrics`)",
     )
-    from legibility.training import command as train_command
+    if not light:
+        from legibility.training import command as train_command
 
-    train_command.add_parser(sub)
-    from legibility.editing import command as editing_command
+        train_command.add_parser(sub)
+        from legibility.editing import command as editing_command
 
-    editing_command.add_parsers(sub)
+        editing_command.add_parsers(sub)
     p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
     p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
     p.add_argument(
         "--out", required=True, help="sweep directory; rerunning with the same one skips finished trials"
     )
-    p.add_argument("--workers", type=int, default=None, help="local executor: parallel processes")
+    p.add_argument("--workers", type=POSITIVE, default=None, help="local executor: parallel processes")
     p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     p.add_argument("--no-progress", action="store_true")
@@ -102,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or of a `score` directory (scorecard, figures, neuron cards)",
     )
     p.add_argument("dir", help="sweep or score directory")
-    p.add_argument("--cards", type=int, default=3, help="score directories: facts whose neurons get cards")
+    p.add_argument(
+        "--cards", type=NON_NEGATIVE, default=3, help="score directories: facts whose neurons get cards"
+    )
 
     p = sub.add_parser("results", help="query a sweep's results store with SQL (tables: trials, trials_flat)")
     p.add_argument("dir", help="sweep directory")
@@ -117,130 +199,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_facts(args: argparse.Namespace):
-    from legibility.facts.jsonl import load_jsonl_facts
-    from legibility.facts.pararel import load_pararel
-
-    if args.facts:
-        return load_jsonl_facts(args.facts)
-    relations = [r.strip() for r in args.relations.split(",") if r.strip()] if args.relations else None
-    return load_pararel(args.data_dir, relations)
-
-
-def _check_user_facts(lm, facts, multi_token: bool) -> None:
-    """User facts must be usable as given: say which one is not, rather than silently dropping it."""
-    from legibility.facts.render import MULTI_TOKEN, render
-
-    for f in facts:
-        r = render(lm, f, multi_token)
-        if not r.prompts:
-            if MULTI_TOKEN in r.skipped:
-                raise LegibilityError(
-                    f"fact {f.id!r}: target {f.object!r} is not a single token for this model; "
-                    "pass --multi-token or choose a single-token object"
-                )
-            raise LegibilityError(f"fact {f.id!r}: no prompt is usable ({', '.join(r.skipped)})")
-
-
-def _validate(args: argparse.Namespace) -> None:
-    if args.limit is not None and args.limit < 1:
-        raise LegibilityError("--limit must be >= 1")
-    if args.steps < 1:
-        raise LegibilityError("--steps must be >= 1")
-    if not 0.0 <= args.share < 1.0:
-        raise LegibilityError("--share must be in [0, 1)")
-    if not 0.0 < args.threshold < 1.0:
-        raise LegibilityError("--threshold must be in (0, 1)")
-    if args.min_prompts < 1:
-        raise LegibilityError("--min-prompts must be >= 1")
-
-
 def run_job(args: argparse.Namespace, score: bool) -> int:
-    from legibility import pipeline
-    from legibility.attribution import METHODS, AttributionConfig
-    from legibility.facts.render import render
-    from legibility.metrics.effects import EffectConfig
-    from legibility.models.loading import load_model
-    from legibility.neurons import NeuronConfig
-    from legibility.report.figures import layers_figure, suppression_figure
+    """`neurons` / `score`: check everything cheap first (no torch yet), then run and print."""
+    from legibility.run import FactSource, check_model_name, check_writable, load_inputs
 
-    _validate(args)
-    METHODS[args.method]  # unknown method: clear error before any work
+    check_writable(args.out)
+    relations = tuple(r.strip() for r in args.relations.split(",") if r.strip()) if args.relations else None
+    inputs = load_inputs(FactSource(args.facts, relations, args.data_dir))
+    check_model_name(args.model)
     metric_names = _metric_names(args) if score else []
-    facts = _load_facts(args)
-    lm = load_model(args.model, site=args.site)
-    if args.facts:
-        _check_user_facts(lm, facts, args.multi_token)
-    settings = {
-        k: getattr(args, k, None)
-        for k in (
-            "model",
-            "site",
-            "relations",
-            "limit",
-            "facts",
-            "method",
-            "steps",
-            "threshold",
-            "share",
-            "adaptive",
-            "min_prompts",
-            "multi_token",
-            "known_top_k",
-            "known_share",
-            "seed",
-        )
-    }
-    out = pipeline.prepare_run(args.out, settings)
-    progress = not args.no_progress
-    known = pipeline.KnownConfig(top_k=args.known_top_k, min_share=args.known_share, limit=args.limit)
-    facts_json = out / "facts.json"
-    if facts_json.exists():  # resume: the same selection, without re-running the model over candidates
-        kept_ids = set(json.loads(facts_json.read_text())["facts"])
-        kept = [render(lm, f, args.multi_token) for f in facts if f.id in kept_ids]
-        report = json.loads(facts_json.read_text())["report"]
-    else:
-        selection = pipeline.select_known(
-            lm, facts, known, args.min_prompts, args.multi_token, args.seed, progress
-        )
-        pipeline.save_selection(out, selection)
-        kept, report = selection.kept, selection.report
-    print(f"facts: {report['kept']} known of {report['examined']} examined; dropped: {report['dropped']}")
-    if not kept:
-        raise LegibilityError(
-            "the model knows none of the selected facts; try other --relations, a larger --limit, "
-            "or a looser --known-top-k/--known-share"
-        )
-    ncfg = NeuronConfig(
-        threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
-    )
-    acfg = AttributionConfig(steps=args.steps)
-    records = pipeline.find_neurons(lm, kept, out, args.method, acfg, ncfg, progress)
-    layers_figure(
-        records,
-        lm.sites.n_layers,
-        out / "layers.png",
-        f"{args.model}: layer distribution of knowledge neurons",
-    )
-    effects: list[dict] = []
-    if score:
-        ecfg = EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed)
-        effects = pipeline.measure_effects(lm, kept, records, out, ecfg, progress)
-    extra = {}
-    if metric_names:
-        from legibility.metrics.independent import compute_metrics
-        from legibility.metrics.spec import MetricContext
 
-        ctx = MetricContext(lm=lm, facts=kept, neuron_records=records, effects=effects, seed=args.seed)
-        extra = {k: v.to_dict() for k, v in compute_metrics(metric_names, ctx).items()}
-    card = pipeline.write_scorecard(out, records, effects, settings, extra)
-    if score:
-        suppression_figure(
-            card["metrics"], out / "suppression.png", f"{args.model}: knowledge neuron interventions"
-        )
-    _print_card(card["metrics"])
+    from legibility.attribution import AttributionConfig
+    from legibility.metrics.effects import EffectConfig
+    from legibility.neurons import NeuronConfig
+    from legibility.run import KnownConfig, RunSettings, run
+
+    settings = RunSettings(
+        model=args.model,
+        site=args.site,
+        method=args.method,
+        attribution=AttributionConfig(steps=args.steps),
+        neurons=NeuronConfig(
+            threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
+        ),
+        known=KnownConfig(top_k=args.known_top_k, min_share=args.known_share, limit=args.limit),
+        effects=EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed) if score else None,
+        metrics=tuple(metric_names),
+        multi_token=args.multi_token,
+        seed=args.seed,
+    )
+    result = run(
+        settings, args.out, source=inputs, force=args.force, progress=not args.no_progress, log=print
+    )
+    _print_card(result.scorecard["metrics"])
     print(
-        f"\nresults in {out}/: neurons.jsonl, scorecard.json, layers.png"
+        f"\nresults in {result.out_dir}/: neurons.jsonl, scorecard.json, layers.png"
         + (", effects.jsonl, suppression.png" if score else "")
     )
     return 0
@@ -278,6 +271,8 @@ def _metric_names(args: argparse.Namespace) -> list[str]:
 
 
 def _print_card(metrics: dict[str, dict]) -> None:
+    from legibility.metrics.scorecard import HEADLINE
+
     print(f"\n{'metric':34s} {'value':>9s}  {'95% CI':>21s}  {'n':>5s}")
     for k in [*HEADLINE, *sorted(k for k in metrics if k.startswith("independent."))]:
         if k in metrics:
@@ -286,7 +281,12 @@ def _print_card(metrics: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)
+    except SystemExit as e:  # argument errors (one line) and --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         if args.command in ("neurons", "score"):
             return run_job(args, score=args.command == "score")
@@ -300,11 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return run_sweep_command(args)
         if args.command == "report":
-            from legibility.report.html import write_report
-            from legibility.report.run_report import write_run_report
-
-            is_run = (Path(args.dir) / "scorecard.json").exists()
-            page = write_run_report(args.dir, args.cards) if is_run else write_report(args.dir)
+            page = _report(Path(args.dir), args.cards)
             print(f"report: {page}")
             return 0
         if args.command == "results":
@@ -347,10 +343,28 @@ def main(argv: list[str] | None = None) -> int:
     except LegibilityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from legibility.store import is_disk_error
+
+        if not is_disk_error(e):
+            raise
+        print(f"error: {e.filename or ''}: {e.strerror}; free space or choose another --out", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 1
+
+
+def _report(path: Path, cards: int) -> Path:
+    """A sweep directory gets the sweep report; anything else must be a finished run."""
+    if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
+        from legibility.report.html import write_report
+
+        return write_report(path)
+    from legibility.report.run_report import write_run_report
+
+    return write_run_report(path, cards)
 
 
 if __name__ == "__main__":

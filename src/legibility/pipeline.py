@@ -1,20 +1,18 @@
-"""The main job: facts -> known facts -> knowledge neurons -> effects -> scorecard, resumable on disk.
+"""The stages of the runner (:mod:`legibility.run`): known facts, knowledge neurons, effects, scorecard.
 
 Every stage streams one JSON line per fact into the output directory, so a run killed at any point and
-restarted with the same ``out_dir`` continues where it stopped without recomputing finished facts.
-
-Files: ``run.json`` (settings), ``facts.json`` (which facts were kept and why the others were dropped),
-``neurons.jsonl``, ``effects.jsonl``, ``scorecard.json``, ``layers.png``, ``suppression.png``.
+restarted with the same ``out_dir`` continues where it stopped without recomputing finished facts. Call
+:func:`legibility.run.run` for a whole, keyed run; these functions are its parts.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -28,17 +26,17 @@ from legibility.metrics.effects import EffectConfig, EffectRunner
 from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
-from legibility.store import JsonlStore, check_settings
+from legibility.run import KnownConfig
+from legibility.store import JsonlStore, atomic_write_json, check_settings
+
+if TYPE_CHECKING:
+    from legibility.run import StageExecutor
+
+__all__ = ["KnownConfig", "find_neurons", "measure_effects", "select_known", "write_scorecard"]
 
 
-@dataclass(frozen=True)
-class KnownConfig:
-    """Which facts count as known by the model (only those are attributed)."""
-
-    top_k: int = 1  # the target must be within the model's top k predictions ...
-    min_share: float = 0.5  # ... on at least this share of the fact's usable prompts
-    limit: int | None = None  # keep at most this many known facts per relation (None: all)
-    scan: int = 20  # with a limit, examine at most limit * scan candidate facts per relation
+NEURON_KEYS = ("fact_id", "relation", "neurons", "n_prompts")
+EFFECT_KEYS = ("fact_id", "relation", "before", "own", "same", "other")
 
 
 @dataclass
@@ -55,8 +53,12 @@ def select_known(
     multi_token: bool = False,
     seed: int = 0,
     progress: bool = True,
+    check: Callable[[RenderedFact], None] | None = None,
 ) -> FactSelection:
-    """Render facts for the model and keep the ones it knows; report how many were dropped and why."""
+    """Render facts for the model and keep the ones it knows; report how many were dropped and why.
+
+    ``check`` is called on each rendered fact before the model runs it (e.g. to refuse over-long prompts).
+    """
     cfg = known or KnownConfig()
     by_rel: dict[str, list[Fact]] = defaultdict(list)
     for f in facts:
@@ -89,6 +91,8 @@ def select_known(
             if len(r.prompts) < min_prompts:
                 dropped[f"fewer than {min_prompts} usable prompts"] += 1
                 continue
+            if check is not None:
+                check(r)
             flat = [q for p in r.prompts for q in p.queries]
             ranks = predict(lm, flat).rank
             worst, i = [], 0
@@ -122,6 +126,7 @@ def find_neurons(
     attribution: AttributionConfig | None = None,
     neurons: NeuronConfig | None = None,
     progress: bool = True,
+    executor: StageExecutor | None = None,
 ) -> list[dict]:
     """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes."""
     ncfg = neurons or NeuronConfig()
@@ -148,7 +153,8 @@ def find_neurons(
             ],
         }
 
-    return _stream(Path(out_dir) / "neurons.jsonl", facts, compute, "knowledge neurons", progress)
+    path = Path(out_dir) / "neurons.jsonl"
+    return _stream(path, facts, compute, "knowledge neurons", progress, NEURON_KEYS, executor)
 
 
 def measure_effects(
@@ -158,6 +164,7 @@ def measure_effects(
     out_dir: str | Path,
     config: EffectConfig | None = None,
     progress: bool = True,
+    executor: StageExecutor | None = None,
 ) -> list[dict]:
     """Suppression/amplification effects with controls for every fact that has knowledge neurons."""
     by_id = {rec["fact_id"]: rec for rec in neuron_records}
@@ -167,7 +174,8 @@ def measure_effects(
     def compute(r: RenderedFact) -> dict:
         return runner.fact_effects(r, [tuple(n) for n in by_id[r.fact.id]["neurons"]])  # type: ignore[misc]
 
-    return _stream(Path(out_dir) / "effects.jsonl", targets, compute, "suppress/amplify", progress)
+    path = Path(out_dir) / "effects.jsonl"
+    return _stream(path, targets, compute, "suppress/amplify", progress, EFFECT_KEYS, executor)
 
 
 def _stream(
@@ -176,24 +184,31 @@ def _stream(
     compute: Callable[[RenderedFact], dict],
     desc: str,
     progress: bool,
+    required: Sequence[str] = (),
+    executor: StageExecutor | None = None,
 ) -> list[dict]:
-    """Records of ``facts`` in ``path``, computing and appending (one line each) only those not there yet."""
-    store = JsonlStore(path)
+    """Records of ``facts`` in ``path``, computing and appending (one line each) only those not there yet.
+
+    The records come back in the order of ``facts`` whatever order the executor appended them in.
+    """
+    store = JsonlStore(path, required=required)
     todo = [r for r in facts if r.fact.id not in store]
     with tqdm(
         total=len(facts), initial=len(facts) - len(todo), desc=desc, disable=not progress, unit="fact"
     ) as bar:
-        for r in todo:
-            store.append(compute(r))
-            bar.update(1)
+        if executor is None:
+            for r in todo:
+                store.append(compute(r))
+                bar.update(1)
+        else:
+            executor.map(compute, todo, store, lambda: bar.update(1))
     return [store.records[r.fact.id] for r in facts]
 
 
 def save_selection(out_dir: Path, selection: FactSelection) -> None:
+    """facts.json: the kept facts' ids in their order (a resume restores exactly this order)."""
     payload = {"report": selection.report, "facts": [r.fact.id for r in selection.kept]}
-    tmp = out_dir / "facts.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out_dir / "facts.json")
+    atomic_write_json(out_dir / "facts.json", payload)
 
 
 def write_scorecard(
@@ -206,10 +221,7 @@ def write_scorecard(
     """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones)."""
     out = Path(out_dir)
     card = {"metrics": {**scorecard(neuron_records, effects), **(extra or {})}, "settings": settings}
-
-    tmp = out / "scorecard.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=False))
-    tmp.replace(out / "scorecard.json")
+    atomic_write_json(out / "scorecard.json", card)
     return card
 
 

@@ -14,15 +14,54 @@ import numpy as np  # noqa: E402
 from legibility.metrics.scorecard import layer_histogram  # noqa: E402
 
 
+def short_model_name(name: str, width: int = 40) -> str:
+    """A model name short enough for a title: a long local path keeps its last two parts."""
+    if len(name) <= width:
+        return name
+    parts = Path(name).parts
+    tail = str(Path(*parts[-2:])) if len(parts) >= 2 else name
+    return tail if len(tail) <= width else "..." + tail[-(width - 3) :]
+
+
+def _title(ax: plt.Axes, text: str, fig_width: float) -> None:
+    """A title wrapped to the figure's width, so long names never clip."""
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(text, max(30, int(fig_width * 11)))), fontsize=10)
+
+
+def draw_run_figures(
+    out_dir: str | Path,
+    neuron_records: Sequence[dict],
+    metrics: dict[str, dict],
+    n_layers: int,
+    model: str,
+) -> list[Path]:
+    """The figures of a run directory: layers.png, and suppression.png when the run measured effects."""
+    out = Path(out_dir)
+    name = short_model_name(model)
+    paths = [
+        layers_figure(neuron_records, n_layers, out / "layers.png", f"{name}: layers of knowledge neurons")
+    ]
+    if any(k.startswith("suppression.") for k in metrics):
+        paths.append(
+            suppression_figure(metrics, out / "suppression.png", f"{name}: knowledge neuron interventions")
+        )
+    return paths
+
+
 def layers_figure(neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = "") -> Path:
-    """Bar chart: share of knowledge neurons in each layer (paper Fig. 2)."""
+    """Bar chart: share of knowledge neurons in each layer (paper Fig. 2); layers count from 0 as in the
+    data (neurons.jsonl)."""
     hist = layer_histogram(neuron_records, n_layers) * 100
-    fig, ax = plt.subplots(figsize=(max(6, n_layers * 0.25), 3.2))
-    ax.bar(np.arange(1, n_layers + 1), hist, color="#3b6ea8")
-    ax.set_xlabel("layer")
+    width = max(6, n_layers * 0.25)
+    fig, ax = plt.subplots(figsize=(width, 3.4))
+    ax.bar(np.arange(n_layers), hist, color="#3b6ea8")
+    ax.set_xticks(np.arange(0, n_layers, max(1, n_layers // 15)))
+    ax.set_xlabel("layer (from 0)")
     ax.set_ylabel("% of knowledge neurons")
     n = sum(len(r["neurons"]) for r in neuron_records)
-    ax.set_title(title or f"Layer distribution of {n} knowledge neurons")
+    _title(ax, title or f"Layer distribution of {n} knowledge neurons", width)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -45,7 +84,8 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
     """
     relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
     groups = [*relations, "all"]
-    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.1 * len(groups) + 2), 6.5), sharex=True)
+    width = max(7, 1.1 * len(groups) + 2)
+    fig, axes = plt.subplots(2, 1, figsize=(width, 7.2), sharex=True)
     width = 0.8 / len(BARS)
     for ax, name in zip(axes, ("suppression", "amplification"), strict=True):
         for j, (control, label, color) in enumerate(BARS):
@@ -72,13 +112,17 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
             )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel(f"{name}: change of p(correct) %")
-    axes[0].legend(fontsize=7, ncol=2, loc="best")
     axes[1].set_xticks(np.arange(len(groups)), groups, rotation=45, ha="right")
-    axes[0].set_title(
+    _title(
+        axes[0],
         title
-        or "Suppressing / amplifying knowledge neurons (own fact: ratio of means; other facts: mean change; 95% CI)"
+        or "Suppressing / amplifying knowledge neurons (own fact: ratio of means; other facts: mean change; 95% CI)",
+        width,
     )
-    fig.tight_layout()
+    # The legend sits below the plots, where it cannot cover a bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=2, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)

@@ -7,9 +7,9 @@ import html
 import json
 from pathlib import Path
 
-from legibility.errors import LegibilityError
 from legibility.metrics.scorecard import HEADLINE
 from legibility.report.html import CSS, IMAGES_CHECK, _img
+from legibility.run import check_finished
 
 
 def _table(metrics: dict[str, dict], keys: list[str]) -> str:
@@ -48,12 +48,8 @@ def _cards(run: Path, settings: dict, records: list[dict], n_facts: int) -> str:
 def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
     """Write ``report.html`` into a scoring run directory; ``cards`` facts get neuron cards (0: none)."""
     run = Path(run_dir)
-    card_path = run / "scorecard.json"
-    if not card_path.exists():
-        raise LegibilityError(f"{run} has no scorecard.json; run `legibility score --out {run}` first")
-    card = json.loads(card_path.read_text())
+    card, records = check_finished(run)
     metrics, settings = card["metrics"], card.get("settings", {})
-    records = [json.loads(line) for line in (run / "neurons.jsonl").read_text().splitlines() if line.strip()]
     relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
     per_rel = [
         f"{m}@{r}"

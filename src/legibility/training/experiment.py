@@ -23,9 +23,10 @@ from pathlib import Path
 
 from legibility.attribution import AttributionConfig
 from legibility.facts.types import Fact
+from legibility.metrics.effects import EffectConfig
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
-from legibility.pipeline import KnownConfig, find_neurons, measure_effects, select_known, write_scorecard
+from legibility.run import KnownConfig, RunSettings, run
 from legibility.training.config import RunConfig
 from legibility.training.corpus import build_corpus
 from legibility.training.run_config import load_run_config
@@ -52,24 +53,21 @@ def all_template_facts(cfg: RunConfig) -> list[Fact]:
 
 
 def score_model(model_dir: str | Path, facts: Sequence[Fact], out_dir: str | Path, cfg: ScoreConfig) -> dict:
-    """The scorecard metrics of a saved model on ``facts`` (files of the pipeline written to out_dir)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """The scorecard metrics of a saved model on ``facts``: a :func:`legibility.run.run` into out_dir, keyed
+    by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute)."""
     lm = load_model(str(model_dir))
-    lm.add_special_tokens = False
+    lm.add_special_tokens = False  # the trained word-level tokenizer has no special tokens to add
     n_rel = len({f.relation for f in facts})
-    known = select_known(lm, facts, KnownConfig(limit=max(cfg.facts // n_rel, 1)), progress=False)
-    neurons = find_neurons(
-        lm,
-        known.kept,
-        out,
+    settings = RunSettings(
+        model=str(model_dir),
         attribution=AttributionConfig(steps=cfg.ig_steps),
         neurons=NeuronConfig(threshold=cfg.threshold, share=cfg.share),
-        progress=False,
+        known=KnownConfig(limit=max(cfg.facts // n_rel, 1)),
+        effects=EffectConfig(),
     )
-    effects = measure_effects(lm, known.kept, neurons, out, progress=False)
-    card = write_scorecard(out, neurons, effects, {"score": dataclasses.asdict(cfg)})
-    return {"known_facts": len(known.kept), "metrics": card["metrics"]}
+    # A model retrained into the same directory is a new input: recompute its score instead of refusing.
+    result = run(settings, out_dir, facts=facts, lm=lm, force=True, progress=False)
+    return {"known_facts": len(result.facts), "metrics": result.scorecard["metrics"]}
 
 
 METRICS = (

@@ -1,0 +1,667 @@
+"""The one runner: facts -> known facts -> knowledge neurons -> effects -> independent metrics -> scorecard.
+
+Every front end (the CLI's ``neurons``/``score``, the training lab's scoring, sweeps) calls :func:`run`.
+A run lives in one output directory and is keyed by everything that changes its result: the settings
+(:class:`RunSettings`), the content hash of the facts (the user's file, or the PARAREL files read) and the
+content hash of the model weights. Rerunning with the same key resumes (finished facts are not recomputed)
+and gives the same files, bit for bit, as an uninterrupted run; a different key is refused naming the keys
+that differ, or, with ``force=True``, recomputed from scratch.
+
+Everything is validated before anything is written to the output directory, so a failed start never
+leaves a half-made run behind. Files: ``run.json`` (the key), ``facts.json`` (the kept facts in order,
+and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl``, ``scorecard.json`` and the
+figures drawn by :func:`legibility.report.figures.draw_run_figures`.
+
+The neuron and effect stages are maps over facts that append one record per fact to a JSONL store; a
+:class:`StageExecutor` runs them (:class:`SerialExecutor` by default), so a parallel one can be plugged in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from legibility.errors import LegibilityError
+from legibility.store import (
+    JsonlStore,
+    atomic_write_json,
+    check_writable,
+    is_disk_error,
+    run_lock,
+)
+
+# This module stays importable without torch (the CLI validates its input with it before heavy imports):
+# the stage configs are imported where they are built.
+if TYPE_CHECKING:
+    from legibility.attribution.base import AttributionConfig
+    from legibility.facts.types import Fact, RenderedFact
+    from legibility.metrics.effects import EffectConfig
+    from legibility.models.loading import LoadedModel
+    from legibility.neurons import NeuronConfig
+
+RESULT_FILES = (
+    "facts.json",
+    "neurons.jsonl",
+    "effects.jsonl",
+    "scorecard.json",
+    "layers.png",
+    "suppression.png",
+    "report.html",
+)
+
+
+@dataclass(frozen=True)
+class KnownConfig:
+    """Which facts count as known by the model (only those are attributed)."""
+
+    top_k: int = 1  # the target must be within the model's top k predictions ...
+    min_share: float = 0.5  # ... on at least this share of the fact's usable prompts
+    limit: int | None = None  # keep at most this many known facts per relation (None: all)
+    scan: int = 20  # with a limit, examine at most limit * scan candidate facts per relation
+
+
+def _attribution() -> AttributionConfig:
+    from legibility.attribution.base import AttributionConfig
+
+    return AttributionConfig()
+
+
+def _neurons() -> NeuronConfig:
+    from legibility.neurons import NeuronConfig
+
+    return NeuronConfig()
+
+
+def _effects() -> EffectConfig:
+    from legibility.metrics.effects import EffectConfig
+
+    return EffectConfig()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything about a run except its inputs (facts, model) and where it is written."""
+
+    model: str = "smollm2-135m"  # embedded name, local directory or HF id (ignored when lm= is given)
+    site: str = "ffn"  # neuron sites: "ffn" (paper) or "eleuther" (GPT-2 pre-activation)
+    method: str = "ig"  # attribution method (see legibility.attribution.METHODS)
+    attribution: AttributionConfig = field(default_factory=_attribution)
+    neurons: NeuronConfig = field(default_factory=_neurons)  # its min_prompts also filters facts
+    known: KnownConfig = field(default_factory=KnownConfig)
+    effects: EffectConfig | None = field(default_factory=_effects)  # None: neurons only, no effects
+    metrics: tuple[str, ...] = ()  # independent metrics added to the scorecard
+    multi_token: bool = False  # allow multi-token targets (gold continuation)
+    seed: int = 0  # fact sampling, random controls, metrics
+
+    def validate(self) -> None:
+        """Refuse out-of-range settings with one line each (before any work)."""
+        a, n, k, e = self.attribution, self.neurons, self.known, self.effects
+        checks = [
+            (a.steps >= 1, f"attribution steps must be >= 1, got {a.steps}"),
+            (a.batch_size >= 1, f"attribution batch size must be >= 1, got {a.batch_size}"),
+            (0.0 < n.threshold < 1.0, f"neuron threshold must be in (0, 1), got {n.threshold}"),
+            (0.0 <= n.share < 1.0, f"refining share must be in [0, 1), got {n.share}"),
+            (n.min_prompts >= 1, f"min prompts must be >= 1, got {n.min_prompts}"),
+            (k.top_k >= 1, f"known top-k must be >= 1, got {k.top_k}"),
+            (0.0 <= k.min_share <= 1.0, f"known share must be in [0, 1], got {k.min_share}"),
+            (k.limit is None or k.limit >= 1, f"limit must be >= 1, got {k.limit}"),
+            (k.scan >= 1, f"known scan must be >= 1, got {k.scan}"),
+        ]
+        if e is not None:
+            checks += [
+                (e.n_same >= 0, f"n_same must be >= 0, got {e.n_same}"),
+                (e.n_other >= 0, f"n_other must be >= 0, got {e.n_other}"),
+                (e.control_prompts >= 1, f"control prompts must be >= 1, got {e.control_prompts}"),
+                (e.batch_size >= 1, f"effect batch size must be >= 1, got {e.batch_size}"),
+            ]
+        for ok, message in checks:
+            if not ok:
+                raise LegibilityError(message)
+        from legibility.attribution import METHODS
+
+        METHODS[self.method]  # unknown method: LegibilityError listing the known ones
+        if self.metrics:
+            from legibility.metrics.independent import INDEPENDENT
+
+            for name in self.metrics:
+                INDEPENDENT[name]
+
+
+@dataclass(frozen=True)
+class FactSource:
+    """Where the facts come from: a user JSONL file, or PARAREL relations (all when ``relations`` is None)."""
+
+    facts_file: str | None = None
+    relations: tuple[str, ...] | None = None
+    data_dir: str | None = None  # PARAREL folder (None: $LEGIBILITY_PARAREL or ../shared/data/pararel)
+
+
+@dataclass
+class Inputs:
+    """Loaded facts and the content hashes that key them."""
+
+    facts: list[Fact]
+    hashes: dict[str, str]  # file name -> sha256 of its bytes
+    user_file: bool = False  # facts given by the user: each must be usable as given
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    key: dict  # the run key written to run.json
+    selection: dict  # facts.json's report: how many facts were kept and why others were dropped
+    facts: list[RenderedFact]  # the kept facts, in the saved order
+    neuron_records: list[dict]
+    effects: list[dict]
+    scorecard: dict  # {"metrics": {...}, "settings": key}
+    n_layers: int
+
+
+class StageExecutor(Protocol):
+    """Runs a stage: ``compute`` over ``todo`` (facts not in ``store`` yet), appending each record."""
+
+    def map(
+        self,
+        compute: Callable[[RenderedFact], dict],
+        todo: Sequence[RenderedFact],
+        store: JsonlStore,
+        on_done: Callable[[], None],
+    ) -> None: ...
+
+
+class SerialExecutor:
+    """One fact after the other, in order (the file order then equals the facts' order)."""
+
+    def map(
+        self,
+        compute: Callable[[RenderedFact], dict],
+        todo: Sequence[RenderedFact],
+        store: JsonlStore,
+        on_done: Callable[[], None],
+    ) -> None:
+        for r in todo:
+            store.append(compute(r))
+            on_done()
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_inputs(source: FactSource) -> Inputs:
+    """Read and check the facts of ``source``, with the content hashes of the files read."""
+    if source.facts_file:
+        from legibility.facts.jsonl import load_jsonl_facts
+
+        path = Path(source.facts_file)
+        if path.is_file():
+            try:
+                path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LegibilityError(
+                    f"facts file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 and rerun"
+                ) from None
+        facts = load_jsonl_facts(path)
+        return Inputs(facts, {path.name: sha256_file(path)}, user_file=True)
+    from legibility.facts.pararel import find_pararel, load_pararel, pararel_relations
+
+    root = find_pararel(source.data_dir)
+    available = pararel_relations(root)
+    relations = list(source.relations) if source.relations else available
+    unknown = [r for r in relations if r not in available]
+    if unknown:
+        hints = [
+            f"{r} (did you mean {', '.join(close)}?)"
+            if (close := difflib.get_close_matches(r, available, 3))
+            else r
+            for r in unknown
+        ]
+        raise LegibilityError(f"unknown relation(s) {', '.join(hints)}; PARAREL has: {', '.join(available)}")
+    facts = load_pararel(root, relations)
+    hashes = {}
+    for rel in relations:
+        for kind in ("patterns", "facts"):
+            hashes[f"{kind}/{rel}.jsonl"] = sha256_file(root / kind / f"{rel}.jsonl")
+    return Inputs(facts, hashes)
+
+
+def facts_digest(inputs: Inputs | Sequence[Fact]) -> str:
+    """One sha256 over the facts' file hashes, or (for facts given in memory) over the facts themselves."""
+    if isinstance(inputs, Inputs):
+        blob = json.dumps(sorted(inputs.hashes.items()))
+    else:
+        blob = json.dumps([[f.id, f.subject, f.relation, f.object, list(f.prompts)] for f in inputs])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast on a model name that cannot load: a close match for a misspelt embedded name, and a quick
+    error (instead of minutes of hub retries) for a hub id that is neither cached nor reachable."""
+    from legibility.models.embedded import EMBEDDED
+
+    if name in EMBEDDED or Path(name).expanduser().exists():
+        return
+    close = difflib.get_close_matches(name, list(EMBEDDED), n=3, cutoff=0.6)
+    if close:
+        raise LegibilityError(f"unknown model {name!r}; did you mean {' or '.join(map(repr, close))}?")
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise LegibilityError(
+            f"model path {name!r} does not exist. Give an existing directory, a Hugging Face id such as "
+            f"'gpt2', or the embedded model {sorted(EMBEDDED)}."
+        )
+    if _in_hf_cache(name):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not _hub_reachable()
+    if offline:
+        raise LegibilityError(
+            f"model {name!r} is not an embedded model ({', '.join(sorted(EMBEDDED))}), not a local directory, "
+            "not in the Hugging Face cache, and the hub is offline; give a local directory or an embedded name"
+        )
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library rejects is not cached either
+        return False
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def weights_digest(lm: LoadedModel) -> str:
+    """sha256 of the model weights: of the safetensors files when the model was loaded from a directory
+    (cached by path, size and mtime, so it is cheap for the embedded model), else of the state dict."""
+    from legibility.models.embedded import EMBEDDED, cache_dir, embedded_dir
+
+    directory = embedded_dir(lm.name) if lm.name in EMBEDDED else Path(lm.name)
+    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if files:
+        cache_path = cache_dir() / "weight-hashes.json"
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+        h = hashlib.sha256()
+        changed = False
+        for f in files:
+            st = f.stat()
+            stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            if stamp not in cache:
+                cache[stamp] = sha256_file(f)
+                changed = True
+            h.update(cache[stamp].encode())
+        if changed:
+            try:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(cache_path, cache)
+            except OSError:
+                pass  # the cache only saves time
+        return h.hexdigest()
+    h = hashlib.sha256()
+    for name, t in sorted(lm.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _byte_dtype():
+    import torch
+
+    return torch.uint8
+
+
+def context_length(lm: LoadedModel) -> int | None:
+    """The longest sequence the model accepts (None when its config does not say)."""
+    cfg = lm.model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def check_context(lm: LoadedModel, facts: Iterable[RenderedFact]) -> None:
+    """Refuse a prompt longer than the model's context before it is run (one line, naming the fact)."""
+    limit = context_length(lm)
+    if limit is None:
+        return
+    for r in facts:
+        for p in r.prompts:
+            n = max(len(q.input_ids) for q in p.queries)
+            if n > limit:
+                raise LegibilityError(
+                    f"fact {r.fact.id!r}: a prompt is {n} tokens long, more than the model's context of "
+                    f"{limit}; shorten the subject or the prompt"
+                )
+
+
+def check_user_facts(lm: LoadedModel, facts: Sequence[Fact], multi_token: bool) -> None:
+    """User facts must be usable as given: say which one is not and why, rather than silently drop it."""
+    from legibility.facts.render import MULTI_TOKEN, NOT_AT_END, render
+
+    for f in facts:
+        r = render(lm, f, multi_token)
+        check_context(lm, [r])
+        if r.prompts:
+            continue
+        if NOT_AT_END in r.skipped:
+            raise LegibilityError(
+                f"fact {f.id!r}: the object slot [Y] must end every prompt of a causal LM "
+                f"(e.g. 'The capital of [X] is [Y].'), but it does not in {f.prompts[0]!r}; reword the prompt"
+            )
+        if MULTI_TOKEN in r.skipped:
+            raise LegibilityError(
+                f"fact {f.id!r}: target {f.object!r} is not a single token for this model; "
+                "pass --multi-token or choose a single-token object"
+            )
+        raise LegibilityError(f"fact {f.id!r}: no prompt is usable ({', '.join(r.skipped)})")
+
+
+# ---------------------------------------------------------------------------------------------- key
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def run_key(settings: RunSettings, facts_hash: str, weights_hash: str) -> dict:
+    """The flat run key: every setting plus the content hashes of facts and weights."""
+    return {
+        **_flat(asdict(settings)),
+        "version": 1,
+        "facts_sha256": facts_hash,
+        "weights_sha256": weights_hash,
+    }
+
+
+def key_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``name: old -> new`` for each key that differs."""
+    return [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def run(
+    settings: RunSettings,
+    out_dir: str | os.PathLike,
+    *,
+    source: FactSource | Inputs | None = None,
+    facts: Sequence[Fact] | None = None,
+    lm: LoadedModel | None = None,
+    force: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    executor: StageExecutor | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run (or resume) the whole job into ``out_dir`` and return its results.
+
+    Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
+    world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
+    ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
+    always resumes). ``log`` receives one-line progress notes (the CLI prints
+    them). Raises :class:`LegibilityError` on bad input, before anything is written.
+    """
+    settings.validate()
+    out = check_writable(out_dir)
+    if (facts is None) == (source is None):
+        raise LegibilityError("give the facts either as source= (a file or PARAREL) or as facts=")
+    if isinstance(source, Inputs):
+        inputs = source
+    else:
+        inputs = load_inputs(source) if source is not None else Inputs(list(facts or []), {})
+    if not inputs.facts:
+        raise LegibilityError("no facts to run on")
+    facts_hash = facts_digest(inputs if source is not None else inputs.facts)
+    if lm is None:
+        check_model_name(settings.model)
+        _register_activations()
+        from legibility.models.loading import load_model
+
+        lm = load_model(settings.model, site=settings.site)
+    if inputs.user_file:
+        check_user_facts(lm, inputs.facts, settings.multi_token)
+    key = run_key(settings, facts_hash, weights_digest(lm))
+    _check_key(out, key, force)
+    try:
+        with run_lock(out):
+            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, figures, executor, log)
+    except OSError as e:
+        if is_disk_error(e):
+            raise LegibilityError(
+                f"cannot write to {out}: {e.strerror}; free space or choose another --out"
+            ) from e
+        raise
+
+
+def _register_activations() -> None:
+    import legibility.training.model  # noqa: F401  (registers SoLU with transformers, for trained models)
+
+
+def _check_key(out: Path, key: dict, force: bool) -> None:
+    path = out / "run.json"
+    if not path.exists() or force:
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over") from None
+    diff = key_diff(old, key)
+    if diff:
+        raise LegibilityError(
+            f"{out} holds a run with other inputs ({'; '.join(diff)}); use another --out, or --force to recompute"
+        )
+
+
+def _read_key(path: Path) -> dict | None:
+    try:
+        key = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return key if isinstance(key, dict) else None
+
+
+def _run_locked(
+    settings: RunSettings,
+    out: Path,
+    key: dict,
+    facts: list[Fact],
+    lm: LoadedModel,
+    force: bool,
+    progress: bool,
+    figures: bool,
+    executor: StageExecutor | None,
+    log: Callable[[str], None] | None,
+) -> RunResult:
+    from legibility import pipeline
+    from legibility.pipeline import EFFECT_KEYS, NEURON_KEYS  # noqa: F401
+
+    note = log or (lambda _msg: None)
+    _check_key(out, key, force)  # again under the lock: another run may have started meanwhile
+    run_json = out / "run.json"
+    if not run_json.exists() or _read_key(run_json) != key:
+        for name in (*RESULT_FILES, "neurons.jsonl.corrupt", "effects.jsonl.corrupt"):
+            (out / name).unlink(missing_ok=True)
+        atomic_write_json(run_json, key)
+    kept, report = _known_facts(settings, out, facts, lm, progress)
+    note(f"facts: {report['kept']} known of {report['examined']} examined; dropped: {report['dropped']}")
+    if not kept:
+        raise LegibilityError(
+            "the model knows none of the selected facts; try other --relations, a larger --limit, "
+            "or a looser --known-top-k/--known-share"
+        )
+    check_context(lm, kept)
+    ex = executor or SerialExecutor()
+    records = pipeline.find_neurons(
+        lm, kept, out, settings.method, settings.attribution, settings.neurons, progress, executor=ex
+    )
+    effects: list[dict] = []
+    if settings.effects is not None:
+        effects = pipeline.measure_effects(lm, kept, records, out, settings.effects, progress, executor=ex)
+    extra: dict[str, dict] = {}
+    if settings.metrics:
+        from legibility.metrics.independent import compute_metrics
+        from legibility.metrics.spec import MetricContext
+
+        ctx = MetricContext(
+            lm=lm,
+            facts=kept,
+            neuron_records=records,
+            effects=effects,
+            seed=settings.seed,
+            attribution_method=settings.method,
+            attribution=settings.attribution,
+        )
+        extra = {k: v.to_dict() for k, v in compute_metrics(list(settings.metrics), ctx).items()}
+    card = pipeline.write_scorecard(out, records, effects, key, extra)
+    if figures:
+        from legibility.report.figures import draw_run_figures
+
+        draw_run_figures(
+            out,
+            records,
+            card["metrics"],
+            lm.sites.n_layers,
+            settings.model if lm.name == settings.model else lm.name,
+        )
+    return RunResult(out, key, report, kept, records, effects, card, lm.sites.n_layers)
+
+
+def _known_facts(
+    settings: RunSettings, out: Path, facts: list[Fact], lm: LoadedModel, progress: bool
+) -> tuple[list[RenderedFact], dict]:
+    """The kept facts in their saved order (facts.json), selecting them on the first run."""
+    from legibility import pipeline
+    from legibility.facts.render import render
+
+    path = out / "facts.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            ids, report = list(saved["facts"]), dict(saved["report"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over") from None
+        by_id = {f.id: f for f in facts}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise LegibilityError(
+                f"{path} names facts that are not in the input ({missing[0]!r}, ...); rerun with --force"
+            )
+        return [render(lm, by_id[i], settings.multi_token) for i in ids], report
+    selection = pipeline.select_known(
+        lm,
+        facts,
+        settings.known,
+        settings.neurons.min_prompts,
+        settings.multi_token,
+        settings.seed,
+        progress,
+        check=lambda r: check_context(lm, [r]),
+    )
+    pipeline.save_selection(out, selection)
+    return selection.kept, selection.report
+
+
+def settings_from_key(key: Mapping[str, Any]) -> RunSettings:
+    """Rebuild the settings of a run from its run.json (for reports and reruns)."""
+    from legibility.attribution.base import AttributionConfig
+    from legibility.metrics.effects import EffectConfig
+    from legibility.neurons import NeuronConfig
+
+    def sub(cls: type, prefix: str) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {
+            k[len(prefix) :]: v for k, v in key.items() if k.startswith(prefix) and k[len(prefix) :] in names
+        }
+        for k, v in kw.items():
+            if isinstance(v, list):
+                kw[k] = tuple(v)
+        return cls(**kw)
+
+    effects = sub(EffectConfig, "effects.") if any(k.startswith("effects.") for k in key) else None
+    return RunSettings(
+        model=key.get("model", "smollm2-135m"),
+        site=key.get("site", "ffn"),
+        method=key.get("method", "ig"),
+        attribution=sub(AttributionConfig, "attribution."),
+        neurons=sub(NeuronConfig, "neurons."),
+        known=sub(KnownConfig, "known."),
+        effects=effects,
+        metrics=tuple(key.get("metrics", ())),
+        multi_token=bool(key.get("multi_token", False)),
+        seed=int(key.get("seed", 0)),
+    )
+
+
+def check_finished(out_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
+    """The scorecard and neuron records of a finished run, read without changing anything, or a one-line
+    error saying what is missing or damaged."""
+    out = Path(out_dir)
+    path = out / "scorecard.json"
+    if not out.is_dir():
+        raise LegibilityError(f"{out} is not a directory")
+    if not path.exists():
+        if (out / "run.json").exists():
+            raise LegibilityError(
+                f"{out} holds an unfinished run (no scorecard.json yet); rerun its command to finish it"
+            )
+        raise LegibilityError(f"{out} holds no run (no scorecard.json); run `legibility score --out {out}`")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(card, dict) or not isinstance(card.get("metrics"), dict):
+            raise ValueError
+    except (OSError, ValueError):
+        raise LegibilityError(
+            f"{path} is damaged; rerun the run's command with --force to recompute it"
+        ) from None
+    records = []
+    neurons = out / "neurons.jsonl"
+    lines = neurons.read_bytes().split(b"\n") if neurons.exists() else []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not {"fact_id", "neurons"} <= set(rec):
+                raise ValueError
+        except ValueError:
+            raise LegibilityError(
+                f"{neurons}:{i} is damaged; rerun the run's command to repair the run, then report again"
+            ) from None
+        records.append(rec)
+    return card, records
