@@ -44,6 +44,9 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "bert", "roberta"]
 MASKED = {"bert", "roberta"}
+# Every family of the architecture table (models.sites.FAMILIES): the consistency tests run on all of them;
+# FAMILIES above stays the (faster) set the attribution and parity tests sweep.
+ALL_FAMILIES = [*FAMILIES, "qwen3", "gemma3_text"]
 
 
 def tiny_tokenizer(masked: bool = False) -> PreTrainedTokenizerFast:
@@ -88,6 +91,10 @@ def tiny_config(family: str, **overrides):
         cfg = tr.GemmaConfig(**common, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
     elif family == "gemma2":
         cfg = tr.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    elif family == "qwen3":
+        cfg = tr.Qwen3Config(**common, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    elif family == "gemma3_text":
+        cfg = tr.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
     elif family == "bert":
         cfg = tr.BertConfig(**common, max_position_embeddings=64)
     elif family == "roberta":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import FAMILIES, MASKED, tiny_config, tiny_lm, tiny_tokenizer
+from helpers import ALL_FAMILIES, MASKED, tiny_config, tiny_lm, tiny_tokenizer
 from legibility import LegibilityError, Sites, SiteSpec, load_model
 from legibility.facts.types import Query
 from legibility.forward import answer_activations, make_batch, predict
@@ -36,7 +36,7 @@ def _manual_ffn_activation(lm, family, layer, ids):
     return captured["x"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_sites_read_the_post_nonlinearity_ffn_activation(family):
     lm = tiny_lm(family)
     assert lm.sites.n_layers == 3 and lm.sites.n_neurons == 48
@@ -49,7 +49,7 @@ def test_sites_read_the_post_nonlinearity_ffn_activation(family):
         torch.testing.assert_close(store[layer], expected)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_patching_changes_output_and_hooks_are_removed(family):
     lm = tiny_lm(family)
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -61,6 +61,41 @@ def test_patching_changes_output_and_hooks_are_removed(family):
     assert not torch.allclose(before, patched)
     torch.testing.assert_close(before, after)
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in lm.sites.modules)
+
+
+def test_every_family_of_the_architecture_table_is_tested():
+    from legibility.attribution.engine import TAILS
+    from legibility.models.sites import ARCHITECTURES, FAMILIES
+
+    assert sorted(ALL_FAMILIES) == sorted(FAMILIES) == sorted(ARCHITECTURES) == sorted(TAILS)
+    assert {f for f, a in FAMILIES.items() if a.masked} == MASKED
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_final_norm_and_head_from_the_table_give_the_models_logits(family):
+    """The table's tail (final norm / head / soft-capping) applied to the last block's output equals the
+    model's own logits: the row is right for every family."""
+    from legibility.attribution.engine import blocks_of, logits_from_hidden, tail_for
+
+    lm = tiny_lm(family)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    captured = {}
+    last = blocks_of(lm)[-1]
+
+    def grab(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    h = last.register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0, -1]
+    finally:
+        h.remove()
+    tail = tail_for(lm)
+    assert tail is not None
+    with torch.no_grad():
+        got = logits_from_hidden(lm, tail, captured["h"][:, -1])[0]
+    torch.testing.assert_close(got, logits, rtol=1e-4, atol=1e-4)
 
 
 def test_hooks_removed_even_when_the_forward_raises():

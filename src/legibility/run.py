@@ -18,6 +18,7 @@ The neuron and effect stages are maps over facts that append one record per fact
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -293,38 +294,46 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def weights_digest(lm: LoadedModel) -> str:
-    """sha256 of the model weights: of the safetensors files when the model was loaded from a directory
-    (cached by path, size and mtime, so it is cheap for the embedded model), else of the state dict."""
-    from legibility.models.embedded import EMBEDDED, cache_dir, embedded_dir
-
-    directory = embedded_dir(lm.name) if lm.name in EMBEDDED else Path(lm.name)
-    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
-    if files:
-        cache_path = cache_dir() / "weight-hashes.json"
-        try:
-            cache = json.loads(cache_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
-        h = hashlib.sha256()
-        changed = False
-        for f in files:
-            st = f.stat()
-            stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-            if stamp not in cache:
-                cache[stamp] = sha256_file(f)
-                changed = True
-            h.update(cache[stamp].encode())
-        if changed:
-            try:
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(cache_path, cache)
-            except OSError:
-                pass  # the cache only saves time
-        return h.hexdigest()
+    """sha256 of the model weights: of its safetensors files when it was loaded from a directory (cached,
+    so it is cheap for the embedded model), else of its state dict."""
+    files_hash = weights_digest_of(lm.name)
+    if files_hash is not None:
+        return files_hash
     h = hashlib.sha256()
     for name, t in sorted(lm.model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_digest_of(model: str) -> str | None:
+    """sha256 over the safetensors files of an embedded name or a local directory, without loading the
+    model (None for anything else, e.g. a hub id). File hashes are cached by path, size and mtime."""
+    from legibility.models.embedded import EMBEDDED, cache_dir
+
+    directory = cache_dir() / "models" / model if model in EMBEDDED else Path(model).expanduser()
+    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if not files:
+        return None
+    cache_path = cache_dir() / "weight-hashes.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    h = hashlib.sha256()
+    changed = False
+    for f in files:
+        st = f.stat()
+        stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if stamp not in cache:
+            cache[stamp] = sha256_file(f)
+            changed = True
+        h.update(f.name.encode())
+        h.update(cache[stamp].encode())
+    if changed:
+        with contextlib.suppress(OSError):  # the cache only saves time
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache_path, cache)
     return h.hexdigest()
 
 
@@ -450,7 +459,14 @@ def run(
     facts_hash = facts_digest(inputs if source is not None else inputs.facts)
     if lm is None:
         check_model_name(settings.model)
+        weights = weights_digest_of(settings.model)
+        if weights is not None:  # refuse a changed key before spending time on loading the model
+            _check_key(out, run_key(settings, facts_hash, weights), force)
         _register_activations()
+        if not progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         from legibility.models.loading import load_model
 
         lm = load_model(settings.model, site=settings.site)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from legibility.attribution import engine
 from legibility.attribution.base import METHODS, AttributionConfig, MethodInfo
-from legibility.attribution.fast import _frozen, integrated_gradients_fast, layer_path_gradients
+from legibility.attribution.fast import frozen_params, integrated_gradients_fast, layer_path_gradients
 from legibility.facts.types import Query
 from legibility.forward import answer_logits, make_batch
 from legibility.models.loading import LoadedModel
@@ -32,7 +32,7 @@ def ig_gauss(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfi
 
 def grad_x_act(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfig) -> Tensor:
     """activation * d p(target) / d activation [n_queries, n_layers, n_neurons] at the clean activation."""
-    with _frozen(lm):
+    with frozen_params(lm):
         return torch.cat(
             [
                 _grad_x_act_batch(lm, queries[start : start + config.batch_size])

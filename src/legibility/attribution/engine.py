@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from legibility.facts.types import Query
 from legibility.forward import head_at, make_batch
 from legibility.models.loading import LoadedModel
-from legibility.models.sites import _get
+from legibility.models.sites import FAMILIES, get_path
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,9 @@ class Tail:
     softcap: bool = False  # logits = c * tanh(logits / c), c = config.final_logit_softcapping (Gemma 2/3)
 
 
-_DECODER = Tail(norm="model.norm")
+# One row per family, read from the architecture table (legibility.models.sites.FAMILIES).
 TAILS: dict[str, Tail] = {
-    "gpt2": Tail(norm="transformer.ln_f"),
-    "gpt_neox": Tail(norm="gpt_neox.final_layer_norm"),
-    "llama": _DECODER,
-    "mistral": _DECODER,
-    "qwen2": _DECODER,
-    "qwen3": _DECODER,
-    "gemma": _DECODER,
-    "gemma2": Tail(norm="model.norm", softcap=True),
-    "gemma3_text": Tail(norm="model.norm", softcap=True),
-    "bert": Tail(head="cls"),
-    "roberta": Tail(head="lm_head"),
+    k: Tail(norm=a.final_norm, head=a.head, softcap=a.softcap) for k, a in FAMILIES.items()
 }
 
 
@@ -69,10 +59,10 @@ def logits_from_hidden(lm: LoadedModel, tail: Tail, hidden: Tensor) -> Tensor:
     model = lm.model
     x = hidden[:, None]  # [rows, 1, d_model]
     if tail.head is not None:
-        logits = _get(model, tail.head)(x)  # type: ignore[operator]
+        logits = get_path(model, tail.head)(x)  # type: ignore[operator]
     else:
         if tail.norm is not None:
-            x = _get(model, tail.norm)(x)  # type: ignore[operator]
+            x = get_path(model, tail.norm)(x)  # type: ignore[operator]
         logits = model.get_output_embeddings()(x)  # type: ignore[operator]
     if tail.softcap:
         cap = getattr(model.config, "final_logit_softcapping", None)
@@ -116,7 +106,7 @@ def _capture_blocks(blocks: nn.ModuleList) -> Iterator[list[tuple[tuple, dict]]]
 
 
 def blocks_of(lm: LoadedModel) -> nn.ModuleList:
-    return _get(lm.model, lm.sites.spec.layers)  # type: ignore[return-value]
+    return get_path(lm.model, lm.sites.spec.layers)  # type: ignore[return-value]
 
 
 def cache_kwarg(lm: LoadedModel, cache: object) -> dict:

@@ -48,7 +48,7 @@ def layer_path_gradients(
     )  # row r = (layers[r // steps], alphas[r % steps])
     row_alpha = alphas.repeat(len(layers))
     grads = torch.empty(row_layer.shape[0], lm.sites.n_neurons)
-    with _frozen(lm):
+    with frozen_params(lm):
         if tail is None:
             acts, cache = _prefix(lm, query)
         else:
@@ -125,7 +125,7 @@ def _generic_rows_logits(lm: LoadedModel, query: Query, cache, layers: Tensor, p
         return answer_logits(lm, make_batch(lm, [query] * n))
 
 
-class _frozen:
+class frozen_params:
     """Turn off parameter gradients for the duration (we only need gradients w.r.t. activations)."""
 
     def __init__(self, lm: LoadedModel):

@@ -11,7 +11,7 @@ from torch import nn
 
 from legibility.errors import LegibilityError
 from legibility.models.embedded import EMBEDDED, embedded_dir
-from legibility.models.sites import Sites, SiteSpec, model_kind
+from legibility.models.sites import Sites, SiteSpec, architecture, model_kind
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -72,8 +72,8 @@ def load_model(
     model.eval()  # attribution and interventions are always measured without dropout
     sites = Sites.detect(model, variant=site, spec=spec)
     # Masked LMs need [CLS]/[SEP]; causal LMs are prompted with raw text, except Gemma, which expects <bos>.
-    model_type = str(getattr(model.config, "model_type", ""))
-    add_special = sites.kind == "masked" or model_type.startswith("gemma")
+    arch = architecture(getattr(model.config, "model_type", ""))
+    add_special = sites.kind == "masked" or (arch is not None and arch.special_tokens)
     return LoadedModel(model, tokenizer, sites, name, add_special)
 
 
@@ -93,12 +93,8 @@ def _load_from(name: str, dtype: torch.dtype):
         path = name  # a hub id: needs network unless already in the HF cache
     try:
         config = AutoConfig.from_pretrained(path)
-        masked = getattr(config, "model_type", "") in {
-            "bert",
-            "roberta",
-            "distilbert",
-            "electra",
-        } and not getattr(config, "is_decoder", False)
+        arch = architecture(getattr(config, "model_type", ""))
+        masked = arch is not None and arch.masked and not getattr(config, "is_decoder", False)
         auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
         model = auto.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -10,6 +10,7 @@ removes them in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -35,34 +36,70 @@ class SiteSpec:
     width: str = "intermediate_size"  # config attribute holding the number of neurons per layer
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the library knows about one HF architecture (``config.model_type``), in one row."""
+
+    site: SiteSpec  # the FFN neuron site (post-nonlinearity, paper-faithful)
+    final_norm: str | None = None  # causal: path to the norm after the last block (head = output embeddings)
+    head: str | None = None  # masked: path to the LM head applied to the last hidden state
+    softcap: bool = False  # logits = c * tanh(logits / c), c = config.final_logit_softcapping (Gemma 2/3)
+    masked: bool = False  # a masked LM (answer at [MASK]); loaded with AutoModelForMaskedLM
+    special_tokens: bool = False  # prompts are encoded with special tokens ([CLS]/[SEP]; Gemma's <bos>)
+    eleuther_site: SiteSpec | None = None  # EleutherAI's knowledge-neurons site, where it differs or exists
+
+
 _GATED = SiteSpec("model.layers", "mlp.down_proj")
-# model_type -> spec; the post-nonlinearity FFN activation (paper-faithful default).
-ARCHITECTURES: dict[str, SiteSpec] = {
-    "gpt2": SiteSpec("transformer.h", "mlp.c_proj", width="n_inner"),
-    "gpt_neox": SiteSpec("gpt_neox.layers", "mlp.dense_4h_to_h"),
-    "llama": _GATED,
-    "mistral": _GATED,
-    "qwen2": _GATED,
-    "qwen3": _GATED,
-    "gemma": _GATED,
-    "gemma2": _GATED,
-    "gemma3_text": _GATED,
-    "bert": SiteSpec("bert.encoder.layer", "output.dense"),
-    "roberta": SiteSpec("roberta.encoder.layer", "output.dense"),
+_DECODER = Architecture(_GATED, final_norm="model.norm")
+_GEMMA = Architecture(_GATED, final_norm="model.norm", special_tokens=True)
+_GPT2_SITE = SiteSpec("transformer.h", "mlp.c_proj", width="n_inner")
+_BERT_SITE = SiteSpec("bert.encoder.layer", "output.dense")
+# model_type -> architecture: the one table that sites, loading and the fast attribution engine read.
+# Every row is in the consistency tests of tests/test_models.py (tiny random configs).
+FAMILIES: dict[str, Architecture] = {
+    # EleutherAI's package reads GPT-2 *before* the GELU (the output of mlp.c_fc); BERT is our tensor.
+    "gpt2": Architecture(
+        _GPT2_SITE,
+        final_norm="transformer.ln_f",
+        eleuther_site=SiteSpec("transformer.h", "mlp.c_fc", io="output", width="n_inner"),
+    ),
+    "gpt_neox": Architecture(
+        SiteSpec("gpt_neox.layers", "mlp.dense_4h_to_h"), final_norm="gpt_neox.final_layer_norm"
+    ),
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": _DECODER,
+    "gemma": _GEMMA,
+    "gemma2": dataclasses.replace(_GEMMA, softcap=True),
+    "gemma3_text": dataclasses.replace(_GEMMA, softcap=True),
+    "bert": Architecture(_BERT_SITE, head="cls", masked=True, special_tokens=True, eleuther_site=_BERT_SITE),
+    "roberta": Architecture(
+        SiteSpec("roberta.encoder.layer", "output.dense"), head="lm_head", masked=True, special_tokens=True
+    ),
 }
-# EleutherAI's knowledge-neurons package reads GPT-2 *before* the GELU (the output of mlp.c_fc); BERT is
-# the same tensor as ours. Offered only so that comparisons with that package are exact.
+# Views of the table by site variant (model_type -> spec).
+ARCHITECTURES: dict[str, SiteSpec] = {k: a.site for k, a in FAMILIES.items()}
+# Offered only so that comparisons with EleutherAI's knowledge-neurons package are exact.
 ELEUTHER_ARCHITECTURES: dict[str, SiteSpec] = {
-    "gpt2": SiteSpec("transformer.h", "mlp.c_fc", io="output", width="n_inner"),
-    "bert": ARCHITECTURES["bert"],
+    k: a.eleuther_site for k, a in FAMILIES.items() if a.eleuther_site is not None
 }
 SITE_VARIANTS = {"ffn": ARCHITECTURES, "eleuther": ELEUTHER_ARCHITECTURES}
 
 
-def _get(obj: object, path: str) -> object:
+def architecture(model_type: object) -> Architecture | None:
+    """The table's row for a ``config.model_type`` (None when the family is not in the table)."""
+    return FAMILIES.get(str(model_type))
+
+
+def get_path(obj: object, path: str) -> object:
+    """``obj.a.b.0.c`` for ``path="a.b.0.c"`` (digits index into lists)."""
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)  # type: ignore[index]
     return obj
+
+
+_get = get_path  # older spelling, kept for callers not yet moved
 
 
 def _width(config: object, spec: SiteSpec) -> int:
@@ -85,8 +122,8 @@ class Sites:
         self.spec = spec
         self.kind = kind
         try:
-            blocks = _get(model, spec.layers)
-            self.modules: list[nn.Module] = [_get(b, spec.module) for b in blocks]  # type: ignore[attr-defined, misc]
+            blocks = get_path(model, spec.layers)
+            self.modules: list[nn.Module] = [get_path(b, spec.module) for b in blocks]  # type: ignore[attr-defined, misc]
         except (AttributeError, IndexError, TypeError) as e:
             raise LegibilityError(
                 f"site spec {spec} does not match {type(model).__name__}: {e}. Pass a SiteSpec whose "
