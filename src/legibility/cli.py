@@ -231,6 +231,11 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     result = run(
         settings, args.out, source=inputs, force=args.force, progress=not args.no_progress, log=print
     )
+    if not result.facts:
+        raise LegibilityError(
+            "the model knows none of the selected facts; try other --relations, a larger --limit, "
+            "or a looser --known-top-k/--known-share"
+        )
     _print_card(result.scorecard["metrics"])
     print(
         f"\nresults in {result.out_dir}/: neurons.jsonl, scorecard.json, layers.png"

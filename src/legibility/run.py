@@ -536,11 +536,9 @@ def _run_locked(
         atomic_write_json(run_json, key)
     kept, report = _known_facts(settings, out, facts, lm, progress)
     note(f"facts: {report['kept']} known of {report['examined']} examined; dropped: {report['dropped']}")
-    if not kept:
-        raise LegibilityError(
-            "the model knows none of the selected facts; try other --relations, a larger --limit, "
-            "or a looser --known-top-k/--known-share"
-        )
+    if not kept:  # nothing to attribute: an empty scorecard (front ends decide whether that is an error)
+        card = pipeline.write_scorecard(out, [], [], key, {})
+        return RunResult(out, key, report, [], [], [], card, lm.sites.n_layers)
     check_context(lm, kept)
     ex = executor or SerialExecutor()
     records = pipeline.find_neurons(

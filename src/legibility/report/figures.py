@@ -84,8 +84,8 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
     """
     relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
     groups = [*relations, "all"]
-    width = max(7, 1.1 * len(groups) + 2)
-    fig, axes = plt.subplots(2, 1, figsize=(width, 7.2), sharex=True)
+    fig_w = max(7, 1.1 * len(groups) + 2)
+    fig, axes = plt.subplots(2, 1, figsize=(fig_w, 7.2), sharex=True)
     width = 0.8 / len(BARS)
     for ax, name in zip(axes, ("suppression", "amplification"), strict=True):
         for j, (control, label, color) in enumerate(BARS):
@@ -117,7 +117,7 @@ def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = 
         axes[0],
         title
         or "Suppressing / amplifying knowledge neurons (own fact: ratio of means; other facts: mean change; 95% CI)",
-        width,
+        fig_w,
     )
     # The legend sits below the plots, where it cannot cover a bar.
     handles, labels = axes[0].get_legend_handles_labels()
