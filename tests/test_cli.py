@@ -149,6 +149,7 @@ def test_changed_settings_on_an_existing_out_dir_are_refused(tmp_path, capsys, t
     assert "steps: 2 -> 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, tiny_model_dir):
     facts = _facts_file(tmp_path / "f.jsonl", 16)
     out = tmp_path / "run"

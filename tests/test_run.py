@@ -32,7 +32,7 @@ def _err(capsys) -> str:
 
 @pytest.mark.slow
 def test_killed_and_resumed_and_rerun_equal_an_uninterrupted_run_bit_for_bit(tmp_path, model_dir):
-    facts = _facts_file(tmp_path / "f.jsonl", 24)
+    facts = _facts_file(tmp_path / "f.jsonl", 16)
     extra = ["--steps", "2", "--metrics", "sparsity,overlap", *LOOSE]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     # Every run in its own process on one thread, so that they all compute with the same kernels.

@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from legibility.attribution import AttributionConfig, attribute_prompts
-from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.facts.types import Fact, RenderedFact
 from legibility.forward import predict
@@ -27,7 +26,7 @@ from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.run import KnownConfig
-from legibility.store import JsonlStore, atomic_write_json, check_settings
+from legibility.store import JsonlStore, atomic_write_json
 
 if TYPE_CHECKING:
     from legibility.run import StageExecutor
@@ -223,11 +222,3 @@ def write_scorecard(
     card = {"metrics": {**scorecard(neuron_records, effects), **(extra or {})}, "settings": settings}
     atomic_write_json(out / "scorecard.json", card)
     return card
-
-
-def prepare_run(out_dir: str | Path, settings: dict) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LegibilityError(f"--out {out} is a file; give a directory")
-    check_settings(out, settings)
-    return out
