@@ -1,5 +1,6 @@
 """The runner: resume == uninterrupted (bit for bit), run keys, locks and one-line errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -215,3 +216,57 @@ def test_import_legibility_is_light_and_the_public_names_still_import():
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
     )
     assert res.stdout.split() == ["True", "True"], res.stderr
+
+
+def test_settings_round_trip_through_the_run_key():
+    from legibility.attribution import AttributionConfig
+    from legibility.metrics.effects import EffectConfig
+    from legibility.run import KnownConfig, RunSettings, run_key, settings_from_key
+
+    s = RunSettings(
+        model="m",
+        attribution=AttributionConfig(steps=3),
+        known=KnownConfig(limit=2),
+        effects=EffectConfig(n_same=1, seed=4),
+        metrics=("sparsity",),
+        seed=4,
+    )
+    key = json.loads(json.dumps(run_key(s, "f", "w")))  # as read back from run.json
+    assert settings_from_key(key) == s
+    assert settings_from_key(run_key(RunSettings(effects=None), "f", "w")).effects is None
+
+
+def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_order(tmp_path):
+    from legibility.facts.jsonl import load_jsonl_facts
+    from legibility.metrics.effects import EffectConfig
+    from legibility.run import KnownConfig, RunSettings, run
+
+    class Reversed:  # appends in reverse order, as a parallel executor may
+        calls = 0
+
+        def map(self, compute, todo, store, on_done):
+            Reversed.calls += 1
+            for r in reversed(list(todo)):
+                store.append(compute(r))
+                on_done()
+
+    facts = load_jsonl_facts(_facts_file(tmp_path / "f.jsonl", 4))
+    settings = RunSettings(
+        known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(n_same=1, n_other=1)
+    )
+    from legibility.attribution import AttributionConfig
+
+    settings = dataclasses.replace(settings, attribution=AttributionConfig(steps=2))
+    res = run(
+        settings,
+        tmp_path / "o",
+        facts=facts,
+        lm=tiny_lm("llama"),
+        progress=False,
+        figures=False,
+        executor=Reversed(),
+    )
+    assert Reversed.calls == 2
+    assert [r["fact_id"] for r in res.neuron_records] == [r.fact.id for r in res.facts]
+    lines = (tmp_path / "o" / "neurons.jsonl").read_text().splitlines()
+    assert [json.loads(x)["fact_id"] for x in lines] == [r.fact.id for r in reversed(res.facts)]
