@@ -99,9 +99,6 @@ def get_path(obj: object, path: str) -> object:
     return obj
 
 
-_get = get_path  # older spelling, kept for callers not yet moved
-
-
 def _width(config: object, spec: SiteSpec) -> int:
     width = getattr(config, spec.width, None)
     if width is None and spec.width == "n_inner":  # GPT-2 leaves n_inner unset for 4 * n_embd
