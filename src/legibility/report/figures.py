@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from legibility.metrics.scorecard import layer_histogram  # noqa: E402
+from legibility.metrics.scorecard import layer_histogram
+from legibility.report.plotting import available, pyplot
 
 
-def layers_figure(neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = "") -> Path:
-    """Bar chart: share of knowledge neurons in each layer (paper Fig. 2)."""
+def layers_figure(
+    neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = ""
+) -> Path | None:
+    """Bar chart: share of knowledge neurons in each layer (paper Fig. 2); None without matplotlib."""
+    if not available(Path(path).name):
+        return None
+    plt = pyplot()
     hist = layer_histogram(neuron_records, n_layers) * 100
     fig, ax = plt.subplots(figsize=(max(6, n_layers * 0.25), 3.2))
     ax.bar(np.arange(1, n_layers + 1), hist, color="#3b6ea8")
@@ -38,11 +40,15 @@ BARS = (
 )
 
 
-def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path:
+def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path | None:
     """Per-relation relative change of p(correct) when suppressing / amplifying (paper Fig. 3/4), with controls.
 
     Bars are ratios of means per relation (the paper's aggregate); the rightmost group pools all facts.
+    None without matplotlib.
     """
+    if not available(Path(path).name):
+        return None
+    plt = pyplot()
     relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
     groups = [*relations, "all"]
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.1 * len(groups) + 2), 6.5), sharex=True)
