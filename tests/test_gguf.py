@@ -154,7 +154,9 @@ def test_a_copied_smollm2_gguf_loads_like_the_embedded_model(tmp_path, cache, sm
     shutil.copy(gguf_path("smollm2-135m"), f)
     lm = load_model(str(f))
     assert (lm.sites.n_layers, lm.sites.n_neurons) == (30, 1536)
-    assert [p.name for p in (cache / "models" / "gguf").iterdir() if p.is_dir()][0].startswith("SmolLM2.Q4_1-")
+    assert [p.name for p in (cache / "models" / "gguf").iterdir() if p.is_dir()][0].startswith(
+        "SmolLM2.Q4_1-"
+    )
     ids = torch.tensor([lm.encode("The capital of France is")])
     with torch.no_grad():
         torch.testing.assert_close(lm.model(input_ids=ids).logits, smollm.model(input_ids=ids).logits)

@@ -58,6 +58,8 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +167,9 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     from legibility.report.figures import layers_figure, suppression_figure
 
     _validate(args)
+    from legibility.sharding import ModelSpec, shard_config
+
+    spec, shard = ModelSpec(args.model, args.site), shard_config(args.ray_address, args.workers)
     METHODS[args.method]  # unknown method: clear error before any work
     metric_names = _metric_names(args) if score else []
     facts = _load_facts(args)
@@ -215,7 +220,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
         threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
     )
     acfg = AttributionConfig(steps=args.steps)
-    records = pipeline.find_neurons(lm, kept, out, args.method, acfg, ncfg, progress)
+    records = pipeline.find_neurons(lm, kept, out, args.method, acfg, ncfg, progress, model=spec, shard=shard)
     layers_figure(
         records,
         lm.sites.n_layers,
@@ -225,7 +230,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     effects: list[dict] = []
     if score:
         ecfg = EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed)
-        effects = pipeline.measure_effects(lm, kept, records, out, ecfg, progress)
+        effects = pipeline.measure_effects(lm, kept, records, out, ecfg, progress, model=spec, shard=shard)
     extra = {}
     if metric_names:
         from legibility.metrics.independent import compute_metrics
