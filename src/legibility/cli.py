@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from legibility.editing import command as editing_command
 
     editing_command.add_parsers(sub)
+    from legibility import interop_command
+
+    interop_command.add_parser(sub)
     p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
     p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
     p.add_argument(
@@ -304,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "sweep":
             return run_sweep_command(args)
+        from legibility import interop_command
+
+        if args.command in interop_command.COMMANDS:
+            return interop_command.run(args)
         if args.command == "report":
             from legibility.report.html import write_report
             from legibility.report.run_report import write_run_report
