@@ -58,8 +58,12 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')")
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)")
+    p.add_argument(
+        "--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
