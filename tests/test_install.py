@@ -65,3 +65,19 @@ def test_pip_install_keeps_the_users_torch_and_the_core_runs_score(tmp_path):
     assert not (out / "layers.png").exists()
     assert "matplotlib is not installed: skipped layers.png" in done.stderr
     assert "pip install 'legibility[report]'" in done.stderr
+
+
+def test_figures_without_matplotlib_are_skipped_with_a_hint(tmp_path, monkeypatch):
+    from legibility import LegibilityError
+    from legibility.report.figures import layers_figure, suppression_figure
+    from legibility.report.plotting import pyplot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails as if not installed
+    records = [{"neurons": [[0, 1]]}]
+    with pytest.warns(UserWarning, match=r"skipped layers.png \(pip install 'legibility\[report\]'"):
+        assert layers_figure(records, 2, tmp_path / "layers.png") is None
+    with pytest.warns(UserWarning, match="skipped suppression.png"):
+        assert suppression_figure({}, tmp_path / "suppression.png") is None
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(LegibilityError, match=r"needs matplotlib: pip install 'legibility\[report\]'"):
+        pyplot()  # what the sweep report's frontier calls
