@@ -11,7 +11,7 @@ DEMO_OUT ?= runs/demo
 DEMO_RELATIONS ?= P103,P30,P36,P1376,P178,P279,P276,P1412
 DEMO_LIMIT ?= 3
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-browser demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,8 @@ $(BROWSER): $(STAMP)
 	touch $(BROWSER)
 
 install: $(STAMP)
+
+install-browser: $(BROWSER)
 
 demo: $(STAMP)
 	$(VENV)/bin/legibility score --model smollm2-135m --relations $(DEMO_RELATIONS) --limit $(DEMO_LIMIT) --out $(DEMO_OUT)
