@@ -152,7 +152,7 @@ def test_ray_run_equals_local_run_even_when_a_worker_dies(ray_runtime, tiny_dir,
         kept,
         store,
         model=spec,
-        shard=ShardConfig("ray", workers=2),
+        shard=ShardConfig("ray", workers=3),  # one more than the runtime's CPUs: it waits for a free one
         progress=False,
     )
     assert marker.exists()  # a worker really died mid-run

@@ -203,10 +203,10 @@ def ray_executor(
         pending: dict = {}  # object ref -> (actor, fact)
 
         def submit(actor) -> None:
-            if queue:
-                fact = queue.popleft()
-                pending[actor.compute.remote(fact)] = (actor, fact)
+            fact = queue.popleft()
+            pending[actor.compute.remote(fact)] = (actor, fact)
 
+        # More workers than the cluster can place wait for a free CPU/GPU; idle workers are released below.
         for _ in range(min(workers, len(facts))):
             actors.append(worker_cls.remote(model, factory_ref))
             submit(actors[-1])
@@ -231,7 +231,11 @@ def ray_executor(
                 actors.append(actor)
             else:
                 record(rec)
-            submit(actor)
+            if queue:
+                submit(actor)
+            else:  # nothing left for it: free its CPU/GPU for workers still waiting to be scheduled
+                actors.remove(actor)
+                ray.kill(actor)
     finally:
         for a in actors:
             ray.kill(a)
