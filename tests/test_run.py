@@ -240,16 +240,18 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
     from legibility.facts.jsonl import load_jsonl_facts
     from legibility.metrics.effects import EffectConfig
     from legibility.run import KnownConfig, RunSettings, run
+    from legibility.sharding import EXECUTORS, ShardConfig
 
-    class Reversed:  # appends in reverse order, as a parallel executor may
-        calls = 0
+    calls = []
 
-        def map(self, compute, todo, store, on_done):
-            Reversed.calls += 1
-            for r in reversed(list(todo)):
-                store.append(compute(r))
-                on_done()
+    def reversed_executor(factory, todo, record, model, lm, cfg, key):  # as a parallel executor may
+        calls.append(len(todo))
+        compute = factory(lm)
+        for r in reversed(list(todo)):
+            record(compute(r))
 
+    if "reversed-test" not in EXECUTORS:
+        EXECUTORS.register("reversed-test")(reversed_executor)
     facts = load_jsonl_facts(_facts_file(tmp_path / "f.jsonl", 4))
     settings = RunSettings(
         known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(n_same=1, n_other=1)
@@ -264,9 +266,9 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         lm=tiny_lm("llama"),
         progress=False,
         figures=False,
-        executor=Reversed(),
+        shard=ShardConfig("reversed-test"),
     )
-    assert Reversed.calls == 2
+    assert len(calls) == 2
     assert [r["fact_id"] for r in res.neuron_records] == [r.fact.id for r in res.facts]
     lines = (tmp_path / "o" / "neurons.jsonl").read_text().splitlines()
     assert [json.loads(x)["fact_id"] for x in lines] == [r.fact.id for r in reversed(res.facts)]

@@ -133,6 +133,12 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--out holds a run with other settings or inputs: recompute it from scratch",
     )
+    p.add_argument(
+        "--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')"
+    )
+    p.add_argument(
+        "--workers", type=POSITIVE, default=None, help="Ray workers (default: one per GPU, else per CPU)"
+    )
 
 
 def build_parser(light: bool = False) -> argparse.ArgumentParser:
@@ -167,6 +173,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         from legibility.editing import command as editing_command
 
         editing_command.add_parsers(sub)
+        from legibility import interop_command
+
+        interop_command.add_parser(sub)
     p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
     p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
     p.add_argument(
@@ -207,6 +216,9 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     relations = tuple(r.strip() for r in args.relations.split(",") if r.strip()) if args.relations else None
     inputs = load_inputs(FactSource(args.facts, relations, args.data_dir))
     check_model_name(args.model)
+    from legibility.sharding import shard_config
+
+    shard = shard_config(args.ray_address, args.workers)
     metric_names = _metric_names(args) if score else []
 
     from legibility.attribution import AttributionConfig
@@ -229,7 +241,13 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
         seed=args.seed,
     )
     result = run(
-        settings, args.out, source=inputs, force=args.force, progress=not args.no_progress, log=print
+        settings,
+        args.out,
+        source=inputs,
+        force=args.force,
+        progress=not args.no_progress,
+        shard=shard,
+        log=print,
     )
     if not result.facts:
         raise LegibilityError(
@@ -304,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "sweep":
             return run_sweep_command(args)
+        from legibility import interop_command
+
+        if args.command in interop_command.COMMANDS:
+            return interop_command.run(args)
         if args.command == "report":
             page = _report(Path(args.dir), args.cards)
             print(f"report: {page}")

@@ -12,7 +12,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -26,12 +25,18 @@ from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.run import KnownConfig
+from legibility.sharding import ModelSpec, ShardConfig, map_facts
 from legibility.store import JsonlStore, atomic_write_json
 
-if TYPE_CHECKING:
-    from legibility.run import StageExecutor
-
-__all__ = ["KnownConfig", "find_neurons", "measure_effects", "select_known", "write_scorecard"]
+__all__ = [
+    "EffectStage",
+    "KnownConfig",
+    "NeuronStage",
+    "find_neurons",
+    "measure_effects",
+    "select_known",
+    "write_scorecard",
+]
 
 
 NEURON_KEYS = ("fact_id", "relation", "neurons", "n_prompts")
@@ -117,6 +122,60 @@ def select_known(
     return FactSelection(kept, report)
 
 
+@dataclass(frozen=True)
+class NeuronStage:
+    """Compute factory of the knowledge-neuron stage: ``NeuronStage(...)(lm)(rendered_fact) -> record``.
+
+    Plain data, so :func:`legibility.sharding.map_facts` can send it to workers that load their own model.
+    """
+
+    method: str = "ig"
+    attribution: AttributionConfig | None = None
+    neurons: NeuronConfig = field(default_factory=NeuronConfig)
+
+    def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
+        ncfg = self.neurons
+
+        def compute(r: RenderedFact) -> dict:
+            scores = attribute_prompts(
+                lm, r.prompts, self.method, self.attribution
+            )  # [prompts, layers, neurons]
+            kn = knowledge_neurons(r.fact.id, r.fact.relation, scores, ncfg)
+            mean = scores.mean(0).flatten()
+            top = torch.topk(mean, min(10, mean.numel()))
+            return {
+                "fact_id": r.fact.id,
+                "relation": r.fact.relation,
+                "subject": r.fact.subject,
+                "object": r.fact.object,
+                "prompts": [p.text for p in r.prompts],
+                "n_prompts": len(r.prompts),
+                "min_prompts": ncfg.min_prompts,
+                "neurons": [list(n) for n in kn.neurons],
+                "share": kn.share,
+                "coarse_sizes": [len(c) for c in kn.coarse],
+                "top_mean_scores": [
+                    [int(i) // lm.sites.n_neurons, int(i) % lm.sites.n_neurons, float(v)]
+                    for v, i in zip(top.values, top.indices, strict=True)
+                ],
+            }
+
+        return compute
+
+
+@dataclass(frozen=True)
+class EffectStage:
+    """Compute factory of the effect stage; ``pool`` (all kept facts) supplies the control facts."""
+
+    pool: tuple[RenderedFact, ...]
+    neurons: dict[str, list]  # fact id -> its knowledge neurons as [layer, index]
+    config: EffectConfig | None = None
+
+    def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
+        runner = EffectRunner(lm, self.pool, self.config)
+        return lambda r: runner.fact_effects(r, [tuple(n) for n in self.neurons[r.fact.id]])  # type: ignore[misc]
+
+
 def find_neurons(
     lm: LoadedModel,
     facts: Sequence[RenderedFact],
@@ -125,35 +184,19 @@ def find_neurons(
     attribution: AttributionConfig | None = None,
     neurons: NeuronConfig | None = None,
     progress: bool = True,
-    executor: StageExecutor | None = None,
+    *,
+    model: ModelSpec | None = None,
+    shard: ShardConfig | None = None,
 ) -> list[dict]:
-    """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes."""
-    ncfg = neurons or NeuronConfig()
+    """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes.
 
-    def compute(r: RenderedFact) -> dict:
-        scores = attribute_prompts(lm, r.prompts, method, attribution)  # [prompts, layers, neurons]
-        kn = knowledge_neurons(r.fact.id, r.fact.relation, scores, ncfg)
-        mean = scores.mean(0).flatten()
-        top = torch.topk(mean, min(10, mean.numel()))
-        return {
-            "fact_id": r.fact.id,
-            "relation": r.fact.relation,
-            "subject": r.fact.subject,
-            "object": r.fact.object,
-            "prompts": [p.text for p in r.prompts],
-            "n_prompts": len(r.prompts),
-            "min_prompts": ncfg.min_prompts,
-            "neurons": [list(n) for n in kn.neurons],
-            "share": kn.share,
-            "coarse_sizes": [len(c) for c in kn.coarse],
-            "top_mean_scores": [
-                [int(i) // lm.sites.n_neurons, int(i) % lm.sites.n_neurons, float(v)]
-                for v, i in zip(top.values, top.indices, strict=True)
-            ],
-        }
-
-    path = Path(out_dir) / "neurons.jsonl"
-    return _stream(path, facts, compute, "knowledge neurons", progress, NEURON_KEYS, executor)
+    ``shard`` spreads the facts over Ray workers that load ``model`` themselves (see :mod:`legibility.sharding`).
+    """
+    stage = NeuronStage(method, attribution, neurons or NeuronConfig())
+    store = JsonlStore(Path(out_dir) / "neurons.jsonl", required=NEURON_KEYS)
+    return map_facts(
+        stage, facts, store, lm=lm, model=model, shard=shard, desc="knowledge neurons", progress=progress
+    )
 
 
 def measure_effects(
@@ -163,45 +206,18 @@ def measure_effects(
     out_dir: str | Path,
     config: EffectConfig | None = None,
     progress: bool = True,
-    executor: StageExecutor | None = None,
+    *,
+    model: ModelSpec | None = None,
+    shard: ShardConfig | None = None,
 ) -> list[dict]:
     """Suppression/amplification effects with controls for every fact that has knowledge neurons."""
-    by_id = {rec["fact_id"]: rec for rec in neuron_records}
-    targets = [r for r in facts if by_id.get(r.fact.id, {}).get("neurons")]
-    runner = EffectRunner(lm, facts, config)
-
-    def compute(r: RenderedFact) -> dict:
-        return runner.fact_effects(r, [tuple(n) for n in by_id[r.fact.id]["neurons"]])  # type: ignore[misc]
-
-    path = Path(out_dir) / "effects.jsonl"
-    return _stream(path, targets, compute, "suppress/amplify", progress, EFFECT_KEYS, executor)
-
-
-def _stream(
-    path: Path,
-    facts: Sequence[RenderedFact],
-    compute: Callable[[RenderedFact], dict],
-    desc: str,
-    progress: bool,
-    required: Sequence[str] = (),
-    executor: StageExecutor | None = None,
-) -> list[dict]:
-    """Records of ``facts`` in ``path``, computing and appending (one line each) only those not there yet.
-
-    The records come back in the order of ``facts`` whatever order the executor appended them in.
-    """
-    store = JsonlStore(path, required=required)
-    todo = [r for r in facts if r.fact.id not in store]
-    with tqdm(
-        total=len(facts), initial=len(facts) - len(todo), desc=desc, disable=not progress, unit="fact"
-    ) as bar:
-        if executor is None:
-            for r in todo:
-                store.append(compute(r))
-                bar.update(1)
-        else:
-            executor.map(compute, todo, store, lambda: bar.update(1))
-    return [store.records[r.fact.id] for r in facts]
+    by_id = {rec["fact_id"]: rec["neurons"] for rec in neuron_records}
+    targets = [r for r in facts if by_id.get(r.fact.id)]
+    stage = EffectStage(tuple(facts), {r.fact.id: by_id[r.fact.id] for r in targets}, config)
+    store = JsonlStore(Path(out_dir) / "effects.jsonl", required=EFFECT_KEYS)
+    return map_facts(
+        stage, targets, store, lm=lm, model=model, shard=shard, desc="suppress/amplify", progress=progress
+    )
 
 
 def save_selection(out_dir: Path, selection: FactSelection) -> None:

@@ -12,8 +12,9 @@ leaves a half-made run behind. Files: ``run.json`` (the key), ``facts.json`` (th
 and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl``, ``scorecard.json`` and the
 figures drawn by :func:`legibility.report.figures.draw_run_figures`.
 
-The neuron and effect stages are maps over facts that append one record per fact to a JSONL store; a
-:class:`StageExecutor` runs them (:class:`SerialExecutor` by default), so a parallel one can be plugged in.
+The neuron and effect stages are maps over facts that append one record per fact to a JSONL store
+(:func:`legibility.sharding.map_facts`): in this process by default, or spread over Ray workers that load
+the model themselves (``shard=ShardConfig("ray", ...)``); other executors plug into its registry.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from legibility.errors import LegibilityError
+from legibility.sharding import ModelSpec, ShardConfig
 from legibility.store import (
-    JsonlStore,
     atomic_write_json,
     check_writable,
     is_disk_error,
@@ -163,33 +164,6 @@ class RunResult:
     effects: list[dict]
     scorecard: dict  # {"metrics": {...}, "settings": key}
     n_layers: int
-
-
-class StageExecutor(Protocol):
-    """Runs a stage: ``compute`` over ``todo`` (facts not in ``store`` yet), appending each record."""
-
-    def map(
-        self,
-        compute: Callable[[RenderedFact], dict],
-        todo: Sequence[RenderedFact],
-        store: JsonlStore,
-        on_done: Callable[[], None],
-    ) -> None: ...
-
-
-class SerialExecutor:
-    """One fact after the other, in order (the file order then equals the facts' order)."""
-
-    def map(
-        self,
-        compute: Callable[[RenderedFact], dict],
-        todo: Sequence[RenderedFact],
-        store: JsonlStore,
-        on_done: Callable[[], None],
-    ) -> None:
-        for r in todo:
-            store.append(compute(r))
-            on_done()
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -435,16 +409,17 @@ def run(
     force: bool = False,
     progress: bool = True,
     figures: bool = True,
-    executor: StageExecutor | None = None,
+    shard: ShardConfig | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run (or resume) the whole job into ``out_dir`` and return its results.
 
-    Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
-    world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
-    ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
-    always resumes). ``log`` receives one-line progress notes (the CLI prints
-    them). Raises :class:`LegibilityError` on bad input, before anything is written.
+        Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
+        world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
+        ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
+        always resumes). ``shard`` spreads the neuron and effect stages over workers (Ray); it does not change the
+    result, so it is not part of the key. ``log`` receives one-line progress notes (the CLI prints
+        them). Raises :class:`LegibilityError` on bad input, before anything is written.
     """
     settings.validate()
     out = check_writable(out_dir)
@@ -476,7 +451,7 @@ def run(
     _check_key(out, key, force)
     try:
         with run_lock(out):
-            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, figures, executor, log)
+            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, figures, shard, log)
     except OSError as e:
         if is_disk_error(e):
             raise LegibilityError(
@@ -521,7 +496,7 @@ def _run_locked(
     force: bool,
     progress: bool,
     figures: bool,
-    executor: StageExecutor | None,
+    shard: ShardConfig | None,
     log: Callable[[str], None] | None,
 ) -> RunResult:
     from legibility import pipeline
@@ -540,13 +515,23 @@ def _run_locked(
         card = pipeline.write_scorecard(out, [], [], key, {})
         return RunResult(out, key, report, [], [], [], card, lm.sites.n_layers)
     check_context(lm, kept)
-    ex = executor or SerialExecutor()
+    spec = ModelSpec(settings.model, settings.site)
     records = pipeline.find_neurons(
-        lm, kept, out, settings.method, settings.attribution, settings.neurons, progress, executor=ex
+        lm,
+        kept,
+        out,
+        settings.method,
+        settings.attribution,
+        settings.neurons,
+        progress,
+        model=spec,
+        shard=shard,
     )
     effects: list[dict] = []
     if settings.effects is not None:
-        effects = pipeline.measure_effects(lm, kept, records, out, settings.effects, progress, executor=ex)
+        effects = pipeline.measure_effects(
+            lm, kept, records, out, settings.effects, progress, model=spec, shard=shard
+        )
     extra: dict[str, dict] = {}
     if settings.metrics:
         from legibility.metrics.independent import compute_metrics

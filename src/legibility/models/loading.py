@@ -11,6 +11,7 @@ from torch import nn
 
 from legibility.errors import LegibilityError
 from legibility.models.embedded import EMBEDDED, embedded_dir
+from legibility.models.gguf import find_gguf, gguf_model_dir
 from legibility.models.sites import Sites, SiteSpec, architecture, model_kind
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -48,7 +49,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a model with its tokenizer and FFN sites.
 
-    ``name_or_model`` is the embedded ``"smollm2-135m"``, a local directory, a Hugging Face hub id (needs
+    ``name_or_model`` is the embedded ``"smollm2-135m"``, a local directory, a ``.gguf`` file (or a directory
+    holding one; converted once into the cache, see :mod:`legibility.models.gguf`), a Hugging Face hub id (needs
     network), or an already loaded ``PreTrainedModel`` (then pass ``tokenizer``). ``site="eleuther"`` selects
     EleutherAI's sites (GPT-2 pre-activation) for exact comparisons; ``spec`` overrides detection for an
     architecture not in :data:`legibility.models.sites.ARCHITECTURES`.
@@ -82,12 +84,14 @@ def _load_from(name: str, dtype: torch.dtype):
 
     if name in EMBEDDED:
         path: str | Path = embedded_dir(name)
+    elif (gguf := find_gguf(name)) is not None:  # a .gguf file, or a directory holding one
+        path = gguf_model_dir(gguf)
     elif Path(name).exists():
         path = Path(name)
     elif Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise LegibilityError(
-            f"model path {name!r} does not exist. Give an existing directory, a Hugging Face id such as "
-            f"'gpt2', or the embedded model {sorted(EMBEDDED)}."
+            f"model path {name!r} does not exist. Give an existing directory or .gguf file, a Hugging Face "
+            f"id such as 'gpt2', or the embedded model {sorted(EMBEDDED)}."
         )
     else:
         path = name  # a hub id: needs network unless already in the HF cache

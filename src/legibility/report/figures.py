@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from legibility.metrics.scorecard import layer_histogram  # noqa: E402
+from legibility.metrics.scorecard import layer_histogram
+from legibility.report.plotting import available, pyplot
 
 
 def short_model_name(name: str, width: int = 40) -> str:
@@ -23,7 +20,7 @@ def short_model_name(name: str, width: int = 40) -> str:
     return tail if len(tail) <= width else "..." + tail[-(width - 3) :]
 
 
-def _title(ax: plt.Axes, text: str, fig_width: float) -> None:
+def _title(ax, text: str, fig_width: float) -> None:
     """A title wrapped to the figure's width, so long names never clip."""
     import textwrap
 
@@ -40,19 +37,24 @@ def draw_run_figures(
     """The figures of a run directory: layers.png, and suppression.png when the run measured effects."""
     out = Path(out_dir)
     name = short_model_name(model)
-    paths = [
+    drawn = [
         layers_figure(neuron_records, n_layers, out / "layers.png", f"{name}: layers of knowledge neurons")
     ]
     if any(k.startswith("suppression.") for k in metrics):
-        paths.append(
+        drawn.append(
             suppression_figure(metrics, out / "suppression.png", f"{name}: knowledge neuron interventions")
         )
-    return paths
+    return [p for p in drawn if p is not None]  # None: matplotlib is not installed
 
 
-def layers_figure(neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = "") -> Path:
+def layers_figure(
+    neuron_records: Sequence[dict], n_layers: int, path: str | Path, title: str = ""
+) -> Path | None:
     """Bar chart: share of knowledge neurons in each layer (paper Fig. 2); layers count from 0 as in the
-    data (neurons.jsonl)."""
+    data (neurons.jsonl). None without matplotlib."""
+    if not available(Path(path).name):
+        return None
+    plt = pyplot()
     hist = layer_histogram(neuron_records, n_layers) * 100
     width = max(6, n_layers * 0.25)
     fig, ax = plt.subplots(figsize=(width, 3.4))
@@ -77,11 +79,15 @@ BARS = (
 )
 
 
-def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path:
+def suppression_figure(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path | None:
     """Per-relation relative change of p(correct) when suppressing / amplifying (paper Fig. 3/4), with controls.
 
     Bars are ratios of means per relation (the paper's aggregate); the rightmost group pools all facts.
+    None without matplotlib.
     """
+    if not available(Path(path).name):
+        return None
+    plt = pyplot()
     relations = sorted({k.split("@")[1] for k in metrics if "@" in k})
     groups = [*relations, "all"]
     fig_w = max(7, 1.1 * len(groups) + 2)

@@ -6,11 +6,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from legibility.report.plotting import pyplot
 
 # (column, label, True when higher is better)
 PERFORMANCE = (("fact_accuracy", "held-out fact accuracy", True), ("val_loss", "validation loss", False))
@@ -59,9 +57,10 @@ def pareto_front(points: dict[str, tuple[float, float]], x_higher: bool, y_highe
 
 def frontier_figure(rows: Sequence[dict], path: str | Path, x_key: str = "suppressability") -> Path:
     """Performance against suppressability: seeds as faint dots, variants as mean +- std, Pareto front marked."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(PERFORMANCE), figsize=(6 * len(PERFORMANCE), 4.6))
     xs = by_variant(rows, x_key)
-    palette = list(matplotlib.colors.TABLEAU_COLORS.values())
+    palette = list(plt.matplotlib.colors.TABLEAU_COLORS.values())
     colors = {v: palette[i % len(palette)] for i, v in enumerate(sorted(xs))}
 
     for ax, (y_key, y_label, y_higher) in zip(axes, PERFORMANCE, strict=True):
@@ -153,6 +152,7 @@ def agreement_figure(rows: Sequence[dict], path: str | Path) -> Path:
     keys = agreement_keys(rows)
     mat = spearman_matrix(rows, keys)
     size = max(4.0, 0.45 * len(keys) + 2)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(len(keys)), keys, rotation=70, ha="right", fontsize=7)
