@@ -21,8 +21,6 @@ from legibility.editing import (
     evaluate_erase,
     fact_edit,
     neuron_card,
-    object_token,
-    perplexity,
     random_like,
     relation_erase,
     shared_neurons,
@@ -30,9 +28,11 @@ from legibility.editing import (
     value_edit,
 )
 from legibility.editing.command import _parse_neuron, add_parsers
-from legibility.editing.evaluate import split_wording, summarize_edits
-from legibility.editing.experiment import summary_markdown
+from legibility.editing.evaluate import summarize_edits
 from legibility.editing.memory import Context, TokenScore, card_text
+from legibility.facts.counterfacts import object_token, split_wording
+from legibility.metrics.perplexity import perplexity
+from legibility.report.editing import summary_markdown
 
 # Written out per family, independently of the code under test: where the word embedding, the
 # unembedding and each layer's FFN output projection live, and whether neurons index its rows or columns.

@@ -111,9 +111,9 @@ def _parse_neuron(text: str) -> tuple[int, int]:
 
 def _neuron(lm, args) -> int:
     from legibility.editing.memory import CardConfig, card_html, card_text, neuron_card
-    from legibility.editing.text import SAMPLE_TEXT
     from legibility.facts.pararel import load_pararel
     from legibility.facts.render import render
+    from legibility.metrics.text import SAMPLE_TEXT
 
     layer, index = _parse_neuron(args.neuron)
     relations = [r for r in args.relations.split(",") if r]
@@ -146,7 +146,7 @@ def _fact_from(args, lm):
     if args.prompt:
         prompts = tuple(p.replace("[X]", subject) for p in args.prompt)
     else:
-        from legibility.editing.evaluate import pararel_wordings
+        from legibility.facts.counterfacts import pararel_wordings
 
         prompts = tuple(t.replace("[X]", subject) for t in pararel_wordings(relation, args.data_dir))
     others = []
@@ -181,7 +181,8 @@ def _table(lm, prompts, old_id, new_id) -> list[str]:
 
 
 def _edit(lm, args) -> int:
-    from legibility.editing.edit import EditConfig, fact_edit, object_token
+    from legibility.editing.edit import EditConfig, fact_edit
+    from legibility.facts.counterfacts import object_token
     from legibility.facts.render import render
 
     fact, others = _fact_from(args, lm)
@@ -241,7 +242,8 @@ def _erase(lm, args) -> int:
 def _edit_eval(lm, args) -> int:
     from legibility.editing.erase import EraseConfig
     from legibility.editing.evaluate import EvalConfig
-    from legibility.editing.experiment import ExperimentConfig, run_experiment, summary_markdown
+    from legibility.editing.experiment import ExperimentConfig, run_experiment
+    from legibility.report.editing import summary_markdown
 
     cfg = ExperimentConfig(
         relation=args.relation,

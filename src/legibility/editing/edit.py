@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 from legibility.editing.values import Embedding, Neuron, ValueEdit, token_embedding
 from legibility.errors import LegibilityError
-from legibility.facts.render import target_ids
-from legibility.facts.types import OBJECT, Fact
+from legibility.facts.counterfacts import object_token
+from legibility.facts.types import Fact
 from legibility.models.loading import LoadedModel
 
 
@@ -33,19 +33,6 @@ class EditConfig:
     embedding: Embedding = (
         "input"  # "input": word embedding (paper); "output": unembedding rows (untied models)
     )
-
-
-def object_token(lm: LoadedModel, fact: Fact, obj: str) -> int:
-    """The first token of ``obj`` as the model continues ``fact``'s first prompt with it."""
-    if not fact.prompts:
-        raise LegibilityError(f"fact {fact.id} has no prompts; object tokens are read in a prompt's context")
-    prompt = next((p for p in fact.prompts if OBJECT in p), None)
-    if prompt is None:
-        raise LegibilityError(f"no prompt of fact {fact.id} contains the object slot {OBJECT}")
-    ids = target_ids(lm, prompt.partition(OBJECT)[0], obj)
-    if not ids:
-        raise LegibilityError(f"object {obj!r} encodes to no tokens")
-    return ids[0]
 
 
 def shared_neurons(relation_neurons: Sequence[Sequence[Neuron]], max_share: float) -> set[Neuron]:

@@ -16,24 +16,26 @@ from tqdm.auto import tqdm
 
 from legibility.attribution import attribute_prompts
 from legibility.editing.evaluate import (
-    INVERSE_RELATIONS,
     EditCase,
     EditEvaluator,
     EvalConfig,
-    choose_new_objects,
     evaluate_erase,
     first_queries,
+    summarize_edits,
+)
+from legibility.errors import LegibilityError
+from legibility.facts.counterfacts import (
+    INVERSE_RELATIONS,
+    choose_new_objects,
     inverse_fact,
     pararel_wordings,
     split_wording,
-    summarize_edits,
 )
-from legibility.editing.text import SAMPLE_TEXT
-from legibility.errors import LegibilityError
 from legibility.facts.pararel import load_pararel
 from legibility.facts.render import render
 from legibility.facts.types import RenderedFact
 from legibility.forward import predict
+from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.store import JsonlStore
@@ -173,33 +175,3 @@ def run_experiment(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def summary_markdown(summary: dict) -> str:
-    """The summary as two markdown tables (fact edit, relation erase), knowledge neurons vs random."""
-
-    def fmt(x: object) -> str:
-        return (
-            "n/a"
-            if x is None or (isinstance(x, float) and x != x)
-            else f"{x:.3f}"
-            if isinstance(x, float)
-            else str(x)
-        )
-
-    edit = summary["edit"]
-    variants = list(edit)
-    head = " | ".join(f"{v}: knowledge neurons | {v}: random neurons" for v in variants)
-    lines = [f"| fact edit (mean over facts) | {head} |", "|---" * (1 + 2 * len(variants)) + "|"]
-    for metric in edit[variants[0]]:
-        cells = " | ".join(
-            f"{fmt(edit[v][metric].get('kn'))} | {fmt(edit[v][metric].get('random'))}" for v in variants
-        )
-        lines.append(f"| {metric} | {cells} |")
-    lines += ["", "| relation erase | knowledge neurons | random neurons |", "|---|---|---|"]
-    kn, rnd = summary["erase"]
-    for key in kn:
-        if key in ("arm", "neurons"):
-            continue
-        lines.append(f"| {key} | {fmt(kn[key])} | {fmt(rnd.get(key))} |")
-    return "\n".join(lines)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from legibility.editing.text import SAMPLE_TEXT
 from legibility.editing.values import embedding_matrix, value_vector
 from legibility.errors import LegibilityError
 from legibility.facts.types import PromptQueries
+from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
 
 
