@@ -277,7 +277,8 @@ def test_sweep_killed_mid_trial_resumes(tmp_path):
     assert not (b_dir / "train" / "model").exists()
     ckpt = latest_checkpoint(b_dir / "train" / "checkpoints")
     assert ckpt is not None and ckpt.name < f"step-{base['train']['steps']:06d}"
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     with ResultsStore(out / "results.duckdb") as store:
         rows = store.rows()
     assert [r["status"] for r in rows] == ["done", "done"]

@@ -36,10 +36,16 @@ class EditConfig:
 
 
 def shared_neurons(relation_neurons: Sequence[Sequence[Neuron]], max_share: float) -> set[Neuron]:
-    """Neurons that are knowledge neurons of more than ``max_share`` of the facts (one set per fact)."""
-    counts = Counter(n for s in relation_neurons for n in set(s))
-    need = max_share * len(relation_neurons)
-    return {n for n, c in counts.items() if c > need}
+    """Neurons that are knowledge neurons of more than ``max_share`` of the facts (one set per fact) and of
+    at least two facts.
+
+    The edited fact's own set is among ``relation_neurons``, so with fewer than ``1 / max_share`` facts
+    (e.g. 5 facts at 0.1) "more than max_share" alone would be met by a single fact: every neuron of the
+    fact itself would count as shared and nothing would be left to edit. A neuron of one fact only is
+    never shared."""
+    counts = Counter(tuple(n) for s in relation_neurons for n in {tuple(m) for m in s})
+    need = max(max_share * len(relation_neurons), 1.0)
+    return {n for n, c in counts.items() if c > need}  # type: ignore[misc]
 
 
 def edit_neurons(

@@ -11,6 +11,8 @@ Fact edit, per fact (its knowledge neurons vs as many random neurons in the same
                    (edit "capital of Germany -> Paris", ask "Paris is the capital of" -> "Germany"), next to
                    the same before the edit (Niu et al.'s bijective symmetry);
   locality         share of other facts' prompts (same relation; other relations) whose argmax is unchanged;
+  neighborhood_score  specificity as ROME's NS: share of the same relation's other facts' prompts where
+                   their correct object still has a higher probability than the edit's new object;
   perplexity       relative change of the perplexity of a held-out text.
 Relation erase: accuracy (argmax = correct) and mean p(correct) on the relation's facts (the ones whose
 neurons chose what to erase, and held-out ones), on other relations' facts, and the perplexity change.
@@ -152,7 +154,7 @@ class EditEvaluator:
             edit = value_edit(lm, neurons, old_id, new_id, cfg.edit)
             with edit.applied(lm):
                 after = self._predict_all(queries)
-                rec.update(self._locality(fact.id))
+                rec.update(self._locality(fact.id, new_id))
                 rec["ppl_change"] = perplexity(lm, self.text, cfg.max_tokens) / self.ppl_before - 1.0
             rec.update(self._fact_metrics(before, after))
             records.append(rec)
@@ -190,13 +192,17 @@ class EditEvaluator:
             out[f"inverse_old@{k}_after"] = _argmax_share(after["inv_old"], k)
         return out
 
-    def _locality(self, fact_id: str) -> dict:
+    def _locality(self, fact_id: str, new_id: int) -> dict:
         out: dict = {}
         if self.same_before is not None:
-            keep = torch.tensor([fid != fact_id for fid, _ in self.same])
+            neighbours = [q for fid, q in self.same if fid != fact_id]
+            keep = torch.tensor([fid != fact_id for fid, _ in self.same], device=self.same_before.top.device)
             after = predict(self.lm, [q for _, q in self.same])
             same = (after.top == self.same_before.top)[keep]
             out["locality_same"] = float(same.float().mean()) if len(same) else None
+            if neighbours:  # ROME's neighborhood score: the neighbour's own object still beats the new one
+                to_new = predict(self.lm, [Query(q.input_ids, q.answer_pos, new_id) for q in neighbours])
+                out["neighborhood_score"] = float((after.prob[keep] > to_new.prob).float().mean())
         if self.other_before is not None:
             after = predict(self.lm, self.other)
             out["locality_other"] = float((after.top == self.other_before.top).float().mean())
@@ -253,6 +259,9 @@ def summarize_edits(records: Sequence[dict], top_k: int = 5) -> dict[str, dict[s
         "n_neurons",
         "success@1",
         f"success@{top_k}",
+        "neighborhood_score",  # specificity beside success, as in ROME's table
+        "locality_same",
+        "locality_other",
         "success@1_before",
         "change",
         "p_new_before",
@@ -267,8 +276,6 @@ def summarize_edits(records: Sequence[dict], top_k: int = 5) -> dict[str, dict[s
         f"symmetry@{top_k}",
         f"inverse_old@{top_k}_before",
         f"inverse_old@{top_k}_after",
-        "locality_same",
-        "locality_other",
     ]
     out: dict[str, dict[str, float]] = {}
     for arm in ("kn", "random"):

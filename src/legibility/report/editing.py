@@ -31,3 +31,26 @@ def summary_markdown(summary: dict) -> str:
             continue
         lines.append(f"| {key} | {fmt(kn[key])} | {fmt(rnd.get(key))} |")
     return "\n".join(lines)
+
+
+def collateral_markdown(effects: list, new: str) -> str:
+    """Before/after p(correct) and top-1 share per group of facts (``GroupEffect``s), with ROME's
+    neighborhood score (share of prompts where the correct object still beats ``new``) and the facts used."""
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+
+    lines = [
+        f"collateral of the edit on facts the model knows (first 2 prompts each; NS = share of prompts where the "
+        f"correct object still beats {new!r}, as ROME's neighborhood score):",
+        "| facts | n | p(correct) before | after | change | top-1 before | after | argmax unchanged | NS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in effects:
+        lines.append(
+            f"| {e.group} | {len(e.fact_ids)} | {e.p_before:.3f} | {e.p_after:.3f} | {pct(e.p_change)} | "
+            f"{pct(e.top1_before)} | {pct(e.top1_after)} | {pct(e.unchanged)} | {pct(e.neighborhood_score)} |"
+        )
+    for e in effects:
+        lines.append(f"{e.group}: {', '.join(e.fact_ids)}")
+    return "\n".join(lines)
