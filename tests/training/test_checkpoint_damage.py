@@ -46,6 +46,7 @@ def _weights(out: Path) -> bytes:
     return (out / "model" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_checksums_that_catch_a_flipped_byte(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     ckpt = run / "checkpoints" / "step-000020"
@@ -59,6 +60,7 @@ def test_checkpoints_carry_checksums_that_catch_a_flipped_byte(finished, tmp_pat
     assert [p.name for p in good] == ["step-000010"] and len(bad) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.safetensors"])
 def test_corrupt_latest_checkpoint_falls_back_to_the_older_one(finished, tmp_path, damaged):
     run = _copy(finished, tmp_path / "run")
@@ -72,6 +74,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_older_one(finished, tmp_pat
     assert _weights(run) == _weights(finished)
 
 
+@pytest.mark.slow
 def test_nan_optimizer_state_without_checksums_is_named_not_a_nan_loss(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     for ckpt in ("step-000010", "step-000020"):
@@ -83,6 +86,7 @@ def test_nan_optimizer_state_without_checksums_is_named_not_a_nan_loss(finished,
     assert final["step"] == 20 and _weights(run) == _weights(finished)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_a_one_line_error(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     for ckpt in ("step-000010", "step-000020"):
@@ -93,6 +97,7 @@ def test_every_checkpoint_damaged_is_a_one_line_error(finished, tmp_path):
     assert "\n" not in str(e.value) and "loss became" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_torn_metrics_line_is_repaired_on_resume(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     # a kill during step 10..20: no step-20 checkpoint yet, half a metrics line at the end of the file

@@ -84,6 +84,7 @@ def test_numeric_fields_out_of_range_are_one_line_errors(data, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text((CONFIGS / "tiny.yaml").read_text().replace("steps: 50", "steps: 6"))

@@ -53,6 +53,7 @@ def _final(proc: subprocess.Popen) -> dict:
     return json.loads(line.split(" ", 1)[1])
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_ends_identical(tmp_path):
     reference = _child(tmp_path / "ref", 0.0)
     killed = _child(tmp_path / "run", 0.05)
@@ -84,6 +85,7 @@ def test_kill_9_and_resume_ends_identical(tmp_path):
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_is_deterministic(tmp_path):
     cfg = tiny_cfg(steps=30, lr=1e-2)
     a = Trainer(cfg, tmp_path / "a", progress=False).fit()
@@ -93,6 +95,7 @@ def test_training_lowers_loss_and_is_deterministic(tmp_path):
     assert a["lm_loss"] < first["lm_loss"] - 0.5
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_cfg(steps=30, checkpoint_every=10)
 
