@@ -412,3 +412,18 @@ def test_ray_executor_runs_trials_and_records_failures(tmp_path):
     with ResultsStore(tmp_path / "results.duckdb") as store:
         rows = {r["variant"]: r for r in store.rows()}
     assert "loss" in rows["diverges"]["error"].lower() and rows["ok"]["train_s"] > 0
+
+
+def test_results_command_refuses_writes_and_leaves_the_report_working(tmp_path, capsys):
+    from legibility.cli import main
+
+    db = _store_with_rows(tmp_path)
+    for sql in ("DROP TABLE trials", "DELETE FROM trials", f"COPY trials TO '{tmp_path / 'x.csv'}'"):
+        assert main(["results", str(tmp_path), "--sql", sql]) == 2
+        err = capsys.readouterr().err
+        assert "read-only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["results", str(tmp_path), "--sql", "SELECT count(*) FROM trials"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "6"
+    with ResultsStore(db, read_only=True) as store:
+        assert len(store.rows()) == 6
