@@ -115,20 +115,36 @@ class Trainer:
         )
         self.step = 0
         self.last: dict = {}
+        self._write_config()
 
     # ---------------------------------------------------------------- bookkeeping
 
     def _check_config(self) -> None:
+        """Refuse a folder holding a run with another config, naming the keys that differ."""
         path = self.out / "config.json"
-        resolved = dataclasses.asdict(self.cfg)
-        if path.exists():
-            if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
-                raise LegibilityError(
-                    f"{self.out} holds a run with a different config ({path}); use a new --out folder, or the "
-                    "same config to resume it"
-                )
-        else:
-            path.write_text(json.dumps(resolved, indent=2))
+        if not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
+        new = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
+        if old != new:
+            diff = config_diff(old, new)
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:5])
+            more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+            raise LegibilityError(
+                f"{self.out} holds a run with a different config ({shown}{more}); use a new --out folder, or "
+                "the same config to resume it"
+            )
+
+    def _write_config(self) -> None:
+        """Written once setup succeeded, so a config that fails to start never locks the folder."""
+        path = self.out / "config.json"
+        if not path.exists():
+            tmp = path.with_name(".config.json.tmp")
+            tmp.write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2), encoding="utf-8")
+            os.replace(tmp, path)
 
     def _log(self, record: dict) -> None:
         with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
@@ -284,6 +300,16 @@ class Trainer:
         self.corpus.tokenizer.save_pretrained(target)  # type: ignore[attr-defined]
         (target / "final.json").write_text(json.dumps({"step": self.step, **self.last}, indent=2))
         return target
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two config mappings differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += config_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def repair_metrics(path: Path, step: int) -> None:
