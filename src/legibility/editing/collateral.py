@@ -25,6 +25,7 @@ class GroupEffect:
 
     group: str  # e.g. "same relation (P36)"
     fact_ids: tuple[str, ...]  # the facts measured
+    labels: tuple[str, ...]  # the same facts as "subject -> object", for people
     n_prompts: int
     p_before: float  # mean p(correct object)
     p_after: float
@@ -66,6 +67,7 @@ def collateral(
             GroupEffect(
                 name,
                 tuple(r.fact.id for r in facts),
+                tuple(f"{r.fact.subject} -> {r.fact.object}" for r in facts),
                 len(queries),
                 float(before.prob.mean()),
                 float(after.prob.mean()),

@@ -52,5 +52,5 @@ def collateral_markdown(effects: list, new: str) -> str:
             f"{pct(e.top1_before)} | {pct(e.top1_after)} | {pct(e.unchanged)} | {pct(e.neighborhood_score)} |"
         )
     for e in effects:
-        lines.append(f"{e.group}: {', '.join(e.fact_ids)}")
+        lines.append(f"{e.group}: {', '.join(e.labels)}")
     return "\n".join(lines)
