@@ -21,18 +21,22 @@ from legibility.editing import (
     evaluate_erase,
     fact_edit,
     neuron_card,
-    object_token,
-    perplexity,
     random_like,
     relation_erase,
     shared_neurons,
     top_shared,
     value_edit,
 )
+from legibility.editing.collateral import collateral
 from legibility.editing.command import _parse_neuron, add_parsers
-from legibility.editing.evaluate import split_wording, summarize_edits
-from legibility.editing.experiment import summary_markdown
-from legibility.editing.memory import Context, TokenScore, card_text
+from legibility.editing.evaluate import summarize_edits
+from legibility.editing.fingerprint import model_fingerprint, settings_key
+from legibility.editing.memory import Context, TokenScore, card_text, serving_sign
+from legibility.facts.counterfacts import object_token, split_wording
+from legibility.facts.types import Query
+from legibility.forward import predict
+from legibility.metrics.perplexity import perplexity
+from legibility.report.editing import collateral_markdown, summary_markdown
 
 # Written out per family, independently of the code under test: where the word embedding, the
 # unembedding and each layer's FFN output projection live, and whether neurons index its rows or columns.
@@ -215,11 +219,11 @@ def test_neuron_card_top_tokens_are_a_plain_unembedding_matmul(family):
     prompts = [p for f in tiny_facts() for p in render(lm, f).prompts]
     card = neuron_card(lm, 1, 5, prompts)
     head = lm.model.get_output_embeddings().weight.detach()
-    logits = head @ _value(lm, family, 1, 5).detach()
+    logits = card.sign * (head @ _value(lm, family, 1, 5).detach())
     assert [t.id for t in card.promoted] == torch.topk(logits, 10).indices.tolist()
     assert [t.id for t in card.suppressed] == torch.topk(-logits, 10).indices.tolist()
     assert card.contexts and card.n_contexts > len(card.contexts)
-    acts = [c.activation for c in card.contexts]
+    acts = [card.sign * c.activation for c in card.contexts]
     assert acts == sorted(acts, reverse=True)
     assert 0.0 <= card.agreement <= 1.0 and 0.0 <= card.agreement_chance <= 1.0
     assert "promotes" in card_text(card)
@@ -356,14 +360,124 @@ def test_edit_and_neuron_commands_on_a_saved_tiny_model(tmp_path, capsys):
     saved = tmp_path / "edited"
     prompts = ["--prompt", "the capital of [X] is [Y] .", "--prompt", "the capital city of [X] is [Y]"]
     args = ["edit", "--model", str(model_dir), "--fact", "germany|P36|berlin", "--new", "paris", *prompts]
-    rc = main([*args, "--save", str(saved)])
+    # the random tiny model does not know the fact: refused, with the way out named
+    assert main([*args, "--save", str(saved)]) == 2
+    captured = capsys.readouterr()
+    assert "is the model's top-1 answer on 0 of 2 prompts" in captured.out
+    assert "does not know germany | P36 | berlin" in captured.err and "--unknown-ok" in captured.err
+    assert not saved.exists()
+    rc = main([*args, "--unknown-ok", "--collateral", "0", "--save", str(saved)])
     out = capsys.readouterr().out
-    assert "knowledge neurons:" in out
-    if rc == 0:  # the tiny model had knowledge neurons: the saved copy differs from the original
-        edited = load_model(str(saved))
-        assert any(
-            not torch.equal(a, b)
-            for a, b in zip(edited.model.parameters(), lm.model.parameters(), strict=True)
-        )
+    assert rc == 0, out
+    assert "knowledge neurons:" in out and "after:" in out
+    edited = load_model(str(saved))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(edited.model.parameters(), lm.model.parameters(), strict=True)
+    )
     assert main(["edit", "--model", str(model_dir), "--fact", "germany|berlin", "--new", "paris"]) == 2
     assert "subject|relation|object" in capsys.readouterr().err
+
+
+def test_serving_sign_follows_the_strongest_fact_activations():
+    assert serving_sign([]) == 1
+    assert serving_sign([0.1, 0.2, -3.0]) == -1
+    assert serving_sign([0.1, 0.2, -3.0, 2.0, 2.0], top=3) == 1  # -3 + 2 + 2
+    assert serving_sign([-0.1] * 30 + [5.0], top=1) == 1
+
+
+def test_neuron_card_uses_the_sign_the_neuron_takes_on_its_facts():
+    """Negate a gated neuron's up row and its down column: the model computes the same function, but the
+    neuron now fires with the opposite sign. Its card must show the same contexts and the same promoted
+    and suppressed tokens, with the serving sign flipped (a positive-only card would show other contexts
+    and swapped lists)."""
+    lm = tiny_lm("llama")
+    layer, index = 1, 5
+    prompts = [p for f in tiny_facts() for p in render(lm, f).prompts]
+    text = "the capital of germany is berlin .\nthe city is located in italy ."
+    card = neuron_card(lm, layer, index, prompts, text)
+    head = lm.model.get_output_embeddings().weight.detach()
+    raw = head @ _value(lm, "llama", layer, index).detach()  # W_U v of the original neuron
+    mlp = lm.model.model.layers[layer].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight[index] *= -1
+        mlp.down_proj.weight[:, index] *= -1
+    flipped = neuron_card(lm, layer, index, prompts, text)
+    fact_acts = [c.activation for c in flipped.contexts if c.source == "facts"]
+    assert flipped.sign == -card.sign
+    assert [c.text for c in flipped.contexts] == [c.text for c in card.contexts]
+    assert [c.activation for c in flipped.contexts] == pytest.approx([-c.activation for c in card.contexts])
+    assert [t.id for t in flipped.promoted] == [t.id for t in card.promoted]
+    assert [t.id for t in flipped.suppressed] == [t.id for t in card.suppressed]
+    assert flipped.agreement == card.agreement
+    negative = flipped if flipped.sign < 0 else card
+    assert any("fires negatively" in n for n in negative.notes) and "serving sign: negative" in card_text(
+        negative
+    )
+    assert fact_acts  # the fact prompts were read
+    # the promoted tokens are those of sign * v of the neuron as it is in each model
+    assert [t.id for t in card.promoted][:3] == torch.topk(card.sign * raw, 3).indices.tolist()
+    assert [t.id for t in flipped.promoted][:3] == torch.topk(flipped.sign * -raw, 3).indices.tolist()
+
+
+def test_relation_facts_leave_the_facts_own_neurons_when_they_are_not_shared():
+    """With fewer than 1/max_share facts, "more than max_share of the facts" was met by the edited fact's
+    own set alone, so --relation-facts 5 left nothing to edit."""
+    own = [(1, 3), (2, 7)]
+    others = [[(0, 1)], [(0, 1), (2, 7)], [(1, 9)], [(0, 2)], [(2, 8)]]
+    sets = [own, *others]
+    assert edit_neurons(own, sets, 0.1) == [(1, 3)]  # (2, 7) is shared with another fact, (1, 3) is not
+    assert shared_neurons(sets, 0.1) == {(0, 1), (2, 7)}
+    assert shared_neurons([own], 0.1) == set()
+
+
+def test_collateral_before_after_and_neighborhood_score():
+    lm = tiny_lm("llama")
+    facts = [render(lm, f) for f in tiny_facts()]
+    same, other = facts[1:4], facts[4:]
+    new_id = object_token(lm, facts[0].fact, "paris")
+    noop = value_edit(lm, [(0, 1)], 5, 6, EditConfig(lambda_old=0.0, lambda_new=0.0))
+    (s, o) = collateral(lm, noop, {"same": same, "other": other}, new_id)
+    assert s.p_before == s.p_after and s.unchanged == 1.0 and s.fact_ids == tuple(r.fact.id for r in same)
+    assert s.n_prompts == 6 and o.n_prompts == 8
+    big = value_edit(
+        lm, [(layer, i) for layer in range(3) for i in range(16)], 5, new_id, EditConfig(lambda_new=30.0)
+    )
+    (s,) = collateral(lm, big, {"same": same}, new_id)
+    queries = [p.queries[0] for r in same for p in r.prompts[:2]]
+    to_new = [Query(q.input_ids, q.answer_pos, new_id) for q in queries]
+    before = predict(lm, queries)
+    with big.applied(lm):
+        after, after_new = predict(lm, queries), predict(lm, to_new)
+    assert s.p_before == pytest.approx(float(before.prob.mean()))
+    assert s.p_after == pytest.approx(float(after.prob.mean())) and s.p_after != s.p_before
+    assert s.top1_after == pytest.approx(float((after.rank == 0).float().mean()))
+    assert s.neighborhood_score == pytest.approx(float((after.prob > after_new.prob).float().mean()))
+    table = collateral_markdown([s], "paris")
+    assert "| same | 3 |" in table and "NS" in table
+
+
+def test_evaluator_neighborhood_score_matches_a_direct_count():
+    lm = tiny_lm("llama")
+    rendered = [render(lm, f) for f in tiny_facts()]
+    cases = [
+        EditCase(r, "paris" if r.fact.object != "paris" else "rome", [(0, 1), (1, 2)]) for r in rendered[:4]
+    ]
+    records = EditEvaluator(lm, cases, text="the capital of germany is berlin .").run()
+    rec = records[0]
+    new_id = object_token(lm, rendered[0].fact, "paris")
+    neighbours = [p.queries[0] for r in rendered[1:4] for p in r.prompts[:2]]
+    with value_edit(lm, rec["neurons"], object_token(lm, rendered[0].fact, "berlin"), new_id).applied(lm):
+        own = predict(lm, neighbours)
+        to_new = predict(lm, [Query(q.input_ids, q.answer_pos, new_id) for q in neighbours])
+    assert rec["neighborhood_score"] == pytest.approx(float((own.prob > to_new.prob).float().mean()))
+    summary = summarize_edits(records)
+    assert list(summary)[:5] == ["n_neurons", "success@1", "success@5", "neighborhood_score", "locality_same"]
+
+
+def test_model_fingerprint_and_settings_key():
+    a, b = tiny_lm("gpt2"), tiny_lm("gpt2")
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        next(b.model.parameters()).view(-1)[0] += 1e-3
+    assert model_fingerprint(a) != model_fingerprint(b)
+    assert settings_key({"x": 1}, "m") == settings_key({"x": 1}, "m") != settings_key({"x": 2}, "m")

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from legibility import Fact, load_model, predict, render
-from legibility.editing import fact_edit, neuron_card, object_token, perplexity, random_like
+from legibility.editing import fact_edit, neuron_card, random_like
 from legibility.editing.evaluate import retarget
-from legibility.editing.text import SAMPLE_TEXT
+from legibility.facts.counterfacts import object_token
+from legibility.metrics.perplexity import perplexity
+from legibility.metrics.text import SAMPLE_TEXT
 
 pytestmark = pytest.mark.slow
 

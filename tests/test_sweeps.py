@@ -11,6 +11,7 @@ import pytest
 from legibility import LegibilityError
 from legibility.report.frontier import pareto_front, spearman_matrix
 from legibility.sweeps import ResultsStore, parse_sweep, run_sweep
+from legibility.training.checkpoint import latest_checkpoint
 
 BASE = {
     "model": {"family": "gpt2", "n_layers": 1, "d_model": 16, "d_ffn": 32, "n_heads": 2, "context": 24},
@@ -80,7 +81,7 @@ def test_random_search_samples_from_distributions():
             "random.space.train.lr",
         ),
         ({"base": "missing.yaml"}, "does not exist"),
-        ({"base": BASE, "score": {"fcts": 3}}, "'score'"),
+        ({"base": BASE, "score": {"fcts": 3}}, r"score: unknown key\(s\) fcts"),
     ],
 )
 def test_bad_sweep_configs_say_what_is_wrong(data, message):
@@ -88,6 +89,131 @@ def test_bad_sweep_configs_say_what_is_wrong(data, message):
         parse_sweep(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"variants": {"../../x": {}}}, r"variant name '../../x' is not allowed"),
+        ({"variants": {"a/b": {}}}, r"variant name 'a/b' is not allowed"),
+        ({"variants": {"..": {}}}, r"variant name '..' is not allowed"),
+        ({"variants": {"$x^2$": {}}}, r"variant name '\$x\^2\$' is not allowed"),
+        ({"variants": {"": {}}}, r"variant name '' is not allowed"),
+        ({"executor": {"workers": "two"}}, r"executor.workers = 'two' is not allowed; give an integer >= 1"),
+        ({"executor": {"workers": 0}}, r"executor.workers = 0 is not allowed"),
+        (
+            {"executor": {"name": "slurm"}},
+            r"executor.name = 'slurm' is not allowed; choose one of local, ray",
+        ),
+        ({"score": {"facts": -5}}, r"score.facts = -5 is out of range; allowed: >= 1"),
+        ({"score": {"threshold": 1.5}}, r"score.threshold = 1.5 is out of range"),
+        ({"score": {"ig_steps": "many"}}, r"score.ig_steps: expected an integer"),
+        (
+            {"variants": {"a": {"train.lr": -1}}},
+            r"variant 'a' .*train.lr = -1.0 is out of range; allowed: > 0",
+        ),
+    ],
+)
+def test_sweep_values_out_of_range_are_one_line_errors(data, message):
+    with pytest.raises(LegibilityError, match=message) as e:
+        parse_sweep({"base": BASE, **data})
+    assert "\n" not in str(e.value)
+
+
+def test_allowed_variant_names_pass_and_trial_dirs_stay_under_out(tmp_path):
+    from legibility.sweeps.config import Trial
+    from legibility.sweeps.run import trial_dir
+
+    cfg = parse_sweep({"base": BASE, "variants": {"drop-0.1_v2": {}}})
+    (t,) = cfg.trials
+    assert trial_dir(tmp_path, t) == (tmp_path / "trials" / t.id).resolve()
+    evil = Trial("../../escaped", "x", 0, {}, {})
+    with pytest.raises(LegibilityError, match="outside"):
+        trial_dir(tmp_path, evil)
+
+
+def test_trial_ids_hash_the_full_resolved_config():
+    def ids(**extra) -> list[str]:
+        return [t.id for t in parse_sweep({"base": BASE, "seeds": [0], "score": SCORE, **extra}).trials]
+
+    same = ids()
+    assert same == ids()
+    changed_base = {**BASE, "train": {**BASE["train"], "steps": 13}}
+    assert ids(base=changed_base) != same  # overrides identical, base changed
+    assert ids(score={**SCORE, "facts": 5}) != same
+    assert ids(seeds=[1]) != same
+    # a default written out explicitly resolves to the same config: the same trial
+    explicit = {**BASE, "train": {**BASE["train"], "lr": 3e-3}}
+    assert ids(base=explicit) == same
+
+
+def test_changed_config_keeps_old_rows_as_stale_and_reports_only_current(tmp_path):
+    old = parse_sweep({"name": "s", "base": BASE, "score": SCORE})
+    new = parse_sweep({"name": "s", "base": BASE, "score": {**SCORE, "facts": 6}})
+    with ResultsStore(tmp_path / "results.duckdb") as store:
+        (t_old,) = old.trials
+        store.add_pending("s", t_old)
+        store.mark_done(t_old.id, {"train": {"val_loss": 1.0}})
+        (t_new,) = new.trials
+        store.add_pending("s", t_new)
+        store.mark_stale("s", [t_new.id])
+        status = store.status()
+        assert status == {t_old.id: "stale:done", t_new.id: "pending"}
+        store.mark_stale("s", [t_old.id])  # back to the old config: its finished row is served again
+        assert store.status() == {t_old.id: "done", t_new.id: "stale:pending"}
+
+
+def _store_with_rows(tmp_path: Path) -> Path:
+    db = tmp_path / "results.duckdb"
+    with ResultsStore(db) as store:
+        _fake_rows(store)
+    return db
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP TABLE trials",
+        "DELETE FROM trials",
+        "UPDATE trials SET status = 'x'",
+        "COPY trials TO '{out}'",
+        "EXPORT DATABASE '{dir}'",
+        "ATTACH '{dir}/other.duckdb' AS o",
+        "INSTALL httpfs",
+        "SELECT 1; DROP TABLE trials",
+        "CREATE TABLE t AS SELECT 1",
+        "SELECT * FROM read_csv('{out}')",
+    ],
+)
+def test_results_query_is_read_only(tmp_path, sql):
+    db = _store_with_rows(tmp_path)
+    out = tmp_path / "leak.csv"
+    with ResultsStore(db, read_only=True) as store:
+        before = store.rows()
+    with ResultsStore(db) as store, pytest.raises(LegibilityError) as e:  # as cli.py opens it
+        store.query(sql.format(out=out, dir=tmp_path / "export"))
+    assert "\n" not in str(e.value)
+    assert not out.exists() and not (tmp_path / "export").exists()
+    with ResultsStore(db, read_only=True) as store:
+        assert store.rows() == before and len(before) == 6
+        cols, rows = store.query("SELECT count(*) AS n FROM trials_flat")
+    assert cols == ["n"] and rows == [(6,)]
+
+
+def test_report_on_a_sweep_without_finished_trials_says_why(tmp_path):
+    from legibility.report.html import write_report
+
+    cfg = parse_sweep({"name": "s", "base": BASE, "variants": {"a": {}, "b": {}}})
+    with ResultsStore(tmp_path / "results.duckdb") as store:
+        for t in cfg.trials:
+            store.add_pending("s", t)
+        store.mark_failed(cfg.trials[0].id, "LegibilityError: the loss became nan at step 3\ntraceback")
+    with pytest.raises(LegibilityError) as e:
+        write_report(tmp_path)
+    msg = str(e.value)
+    assert "1 failed, 1 pending" in msg and "the loss became nan at step 3" in msg and "rerun" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.slow
 def test_sweep_records_failures_and_reruns_skip_finished_trials(tmp_path):
     cfg = parse_sweep(
         {
@@ -113,6 +239,7 @@ def test_sweep_records_failures_and_reruns_skip_finished_trials(tmp_path):
         assert {r["variant"]: r for r in store.rows()}["ok"]["finished"] == finished  # not rerun
 
 
+@pytest.mark.slow
 def test_sweep_killed_mid_trial_resumes(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     base = {**BASE, "train": {**BASE["train"], "steps": 60}}
@@ -131,24 +258,42 @@ def test_sweep_killed_mid_trial_resumes(tmp_path):
     cmd = [sys.executable, "-m", "legibility.cli", "sweep", str(sweep), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    # wait until the second trial has started training (the first one is finished by then)
+    # wait until the second trial has written its first checkpoint (the first trial is finished by then)
     while time.time() < deadline and proc.poll() is None:
-        dirs = list((out / "trials").glob("b-*/train")) if (out / "trials").exists() else []
-        if dirs:
+        ckpts = (
+            list((out / "trials").glob("b-*/train/checkpoints/step-*")) if (out / "trials").exists() else []
+        )
+        if ckpts:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    (b_dir,) = (out / "trials").glob("b-*")
+    # the kill landed mid-trial: b is recorded as running, has a checkpoint, and has no final model yet
+    with ResultsStore(out / "results.duckdb", read_only=True) as store:
+        status = {r["variant"]: r["status"] for r in store.rows()}
+    assert status == {"a": "done", "b": "running"}
+    assert not (b_dir / "train" / "model").exists()
+    ckpt = latest_checkpoint(b_dir / "train" / "checkpoints")
+    assert ckpt is not None and ckpt.name < f"step-{base['train']['steps']:06d}"
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     with ResultsStore(out / "results.duckdb") as store:
         rows = store.rows()
     assert [r["status"] for r in rows] == ["done", "done"]
+    final = json.loads((b_dir / "train" / "model" / "final.json").read_text())
+    assert final["step"] == base["train"]["steps"]
 
 
 def test_pareto_front_and_spearman():
     pts = {"a": (0.1, 0.9), "b": (0.5, 0.5), "c": (0.4, 0.4), "d": (0.9, 0.1)}
-    assert pareto_front(pts, True, True) == ["a", "b", "d"]
-    assert pareto_front(pts, True, False) == ["c", "d"] or pareto_front(pts, True, False) == ["d"]
+    assert pareto_front(pts, True, True) == ["a", "b", "d"]  # c is dominated by b
+    assert pareto_front(pts, True, False) == ["d"]  # d has the highest x and the lowest y
+    assert pareto_front(pts, False, True) == ["a"]
+    # ties do not dominate; a point equal on one axis and worse on the other does
+    ties = {"p": (1.0, 1.0), "q": (1.0, 1.0), "r": (1.0, 0.5), "s": (0.5, 2.0)}
+    assert pareto_front(ties, True, True) == ["s", "p", "q"]
     rows = [{"train": {"x": float(i), "y": float(i * i), "z": float(-i)}, "metrics": {}} for i in range(5)]
     m = spearman_matrix(rows, ["x", "y", "z"])
     assert m[0, 1] == pytest.approx(1.0) and m[0, 2] == pytest.approx(-1.0)
@@ -186,6 +331,7 @@ def _fake_rows(store: ResultsStore) -> None:
         )
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     from legibility.report.html import write_report
 
@@ -244,6 +390,7 @@ def _chromium() -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_trials_and_records_failures(tmp_path):
     ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
     cfg = parse_sweep(
@@ -265,3 +412,18 @@ def test_ray_executor_runs_trials_and_records_failures(tmp_path):
     with ResultsStore(tmp_path / "results.duckdb") as store:
         rows = {r["variant"]: r for r in store.rows()}
     assert "loss" in rows["diverges"]["error"].lower() and rows["ok"]["train_s"] > 0
+
+
+def test_results_command_refuses_writes_and_leaves_the_report_working(tmp_path, capsys):
+    from legibility.cli import main
+
+    db = _store_with_rows(tmp_path)
+    for sql in ("DROP TABLE trials", "DELETE FROM trials", f"COPY trials TO '{tmp_path / 'x.csv'}'"):
+        assert main(["results", str(tmp_path), "--sql", sql]) == 2
+        err = capsys.readouterr().err
+        assert "read-only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["results", str(tmp_path), "--sql", "SELECT count(*) FROM trials"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "6"
+    with ResultsStore(db, read_only=True) as store:
+        assert len(store.rows()) == 6

@@ -51,6 +51,40 @@ def test_config_errors_name_the_key_and_what_is_allowed(data, message):
         parse_run_config(data)
 
 
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"train": {"lr": -0.001}}, r"^train.lr = -0.001 is out of range; allowed: > 0.0$"),
+        ({"train": {"lr": float("nan")}}, r"^train.lr = nan is out of range"),
+        ({"model": {"dropout": 1.5}}, r"^model.dropout = 1.5 is out of range; allowed: in \[0.0, 1.0\)$"),
+        ({"model": {"dropout": 1.0}}, r"^model.dropout = 1.0 is out of range"),
+        ({"model": {"n_heads": 0}}, r"^model.n_heads = 0 is out of range; allowed: >= 1$"),
+        ({"model": {"n_heads": 3}}, r"model.d_model \(64\) must be divisible by model.n_heads \(3\)"),
+        ({"model": {"n_layers": 0}}, r"^model.n_layers = 0 is out of range; allowed: >= 1$"),
+        ({"model": {"d_ffn": -4}}, r"^model.d_ffn = -4 is out of range"),
+        ({"train": {"warmup": -1}}, r"^train.warmup = -1 is out of range; allowed: >= 0$"),
+        (
+            {"train": {"min_lr_ratio": 2}},
+            r"^train.min_lr_ratio = 2.0 is out of range; allowed: in \[0.0, 1.0\]$",
+        ),
+        ({"train": {"betas": [0.9, 1.2]}}, r"^train.betas\[1\] = 1.2 is out of range"),
+        ({"train": {"weight_decay": -0.1}}, r"^train.weight_decay = -0.1 is out of range"),
+        ({"train": {"keep_checkpoints": 0}}, r"^train.keep_checkpoints = 0 is out of range"),
+        ({"data": {"world": {"n_subjects": 0}}}, r"^data.world.n_subjects = 0 is out of range"),
+        ({"data": {"tokenizer": {"vocab_size": 0}}}, r"^data.tokenizer.vocab_size = 0 is out of range"),
+        (
+            {"data": {"val_fraction": 0.0}},
+            r"^data.val_fraction = 0.0 is out of range; allowed: in \(0.0, 0.5\)$",
+        ),
+    ],
+)
+def test_numeric_fields_out_of_range_are_one_line_errors(data, message):
+    with pytest.raises(LegibilityError, match=message) as e:
+        parse_run_config(data)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
 def test_train_command_end_to_end(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text((CONFIGS / "tiny.yaml").read_text().replace("steps: 50", "steps: 6"))

@@ -217,6 +217,7 @@ def test_parse_regularizers_errors_name_the_key():
         {"name": "suppressability", "coef": 0.1, "facts_per_step": 4},
     ],
 )
+@pytest.mark.slow
 def test_each_regularizer_trains_and_logs_its_penalty(tmp_path, entry):
     trainer = Trainer(tiny_cfg(steps=3, regularizers=[entry]), tmp_path, progress=False)
     metrics = trainer.train_step(0)

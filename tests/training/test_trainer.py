@@ -17,6 +17,7 @@ from train_helpers import tiny_cfg
 from legibility import LegibilityError
 from legibility.training import Trainer
 from legibility.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from legibility.training.config import TextSource
 from legibility.training.trainer import lr_at, make_optimizer
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +54,7 @@ def _final(proc: subprocess.Popen) -> dict:
     return json.loads(line.split(" ", 1)[1])
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_ends_identical(tmp_path):
     reference = _child(tmp_path / "ref", 0.0)
     killed = _child(tmp_path / "run", 0.05)
@@ -84,6 +86,7 @@ def test_kill_9_and_resume_ends_identical(tmp_path):
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_is_deterministic(tmp_path):
     cfg = tiny_cfg(steps=30, lr=1e-2)
     a = Trainer(cfg, tmp_path / "a", progress=False).fit()
@@ -93,6 +96,7 @@ def test_training_lowers_loss_and_is_deterministic(tmp_path):
     assert a["lm_loss"] < first["lm_loss"] - 0.5
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_cfg(steps=30, checkpoint_every=10)
 
@@ -112,10 +116,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(bool(torch.isfinite(p).all()) for p in fresh.model.parameters())
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config_naming_the_key(tmp_path):
     Trainer(tiny_cfg(steps=2), tmp_path, progress=False)
-    with pytest.raises(LegibilityError, match="different config"):
+    with pytest.raises(LegibilityError, match=r"different config \(train.steps: 2 -> 3\)"):
         Trainer(tiny_cfg(steps=3), tmp_path, progress=False)
+
+
+def test_a_config_that_fails_to_start_does_not_lock_the_folder(tmp_path):
+    bad = tiny_cfg(**{"data.text": TextSource(dir=str(tmp_path / "missing"))})
+    with pytest.raises(LegibilityError):
+        Trainer(bad, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+    Trainer(tiny_cfg(steps=2), tmp_path / "run", progress=False)  # the corrected rerun starts
+    assert (tmp_path / "run" / "config.json").exists()
 
 
 def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):

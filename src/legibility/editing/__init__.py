@@ -1,15 +1,8 @@
 """Knowledge editing and erasing through FFN value vectors, and FFN neurons read as key-value memories."""
 
-from legibility.editing.edit import (
-    EditConfig,
-    edit_neurons,
-    fact_edit,
-    object_token,
-    shared_neurons,
-    value_edit,
-)
+from legibility.editing.edit import EditConfig, edit_neurons, fact_edit, shared_neurons, value_edit
 from legibility.editing.erase import EraseConfig, relation_erase, top_shared
-from legibility.editing.evaluate import EditCase, EditEvaluator, EvalConfig, evaluate_erase, perplexity
+from legibility.editing.evaluate import EditCase, EditEvaluator, EvalConfig, evaluate_erase
 from legibility.editing.memory import (
     CardConfig,
     NeuronCard,
@@ -45,8 +38,6 @@ __all__ = [
     "fact_edit",
     "fact_neuron_cards",
     "neuron_card",
-    "object_token",
-    "perplexity",
     "random_like",
     "relation_erase",
     "shared_neurons",

@@ -38,6 +38,12 @@ def add_parsers(subparsers) -> None:
         "more than --max-share of them (paper protocol; costs one attribution per fact; default 0: off)",
     )
     p.add_argument("--max-share", type=float, default=0.1, help="shared-neuron cut-off (default 0.1)")
+    _collateral_args(p)
+    p.add_argument(
+        "--unknown-ok",
+        action="store_true",
+        help="edit even when the model does not know the fact (old object top-1 on under half its prompts)",
+    )
     p.add_argument("--save", help="write the edited model copy (save_pretrained) into this directory")
     _common(p)
 
@@ -50,6 +56,12 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--top", type=int, default=20, help="N: erase the N most shared neurons")
     p.add_argument("--mode", choices=("zero", "unk"), default="zero", help="value vectors set to 0 or E[unk]")
     p.add_argument("--other", default="P37", help="comma-separated relations to check for collateral damage")
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=10,
+        help="further known facts of the relation, not used to choose the neurons (does the erase generalize?)",
+    )
     p.add_argument("--save", help="write the erased model copy into this directory")
     _common(p)
 
@@ -76,6 +88,21 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--mode", choices=("zero", "unk"), default="zero")
     p.add_argument("--out", required=True, help="output directory (attributions are cached there)")
     _common(p)
+
+
+def _collateral_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--collateral",
+        type=int,
+        default=10,
+        help="known facts of the same relation (other subjects) and of the --collateral-relations whose "
+        "p(correct) and top-1 are measured before and after the edit (default 10 each; 0: off)",
+    )
+    p.add_argument(
+        "--collateral-relations",
+        default="P37,P103",
+        help="comma-separated other relations for the collateral check (default P37,P103)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -111,9 +138,9 @@ def _parse_neuron(text: str) -> tuple[int, int]:
 
 def _neuron(lm, args) -> int:
     from legibility.editing.memory import CardConfig, card_html, card_text, neuron_card
-    from legibility.editing.text import SAMPLE_TEXT
     from legibility.facts.pararel import load_pararel
     from legibility.facts.render import render
+    from legibility.metrics.text import SAMPLE_TEXT
 
     layer, index = _parse_neuron(args.neuron)
     relations = [r for r in args.relations.split(",") if r]
@@ -134,7 +161,6 @@ def _neuron(lm, args) -> int:
 
 
 def _fact_from(args, lm):
-    from legibility.facts.pararel import load_pararel
     from legibility.facts.types import Fact
 
     parts = [s.strip() for s in args.fact.split("|")]
@@ -146,16 +172,29 @@ def _fact_from(args, lm):
     if args.prompt:
         prompts = tuple(p.replace("[X]", subject) for p in args.prompt)
     else:
-        from legibility.editing.evaluate import pararel_wordings
+        from legibility.facts.counterfacts import pararel_wordings
 
         prompts = tuple(t.replace("[X]", subject) for t in pararel_wordings(relation, args.data_dir))
     others = []
     if args.relation_facts:
-        from legibility.pipeline import KnownConfig, select_known
-
-        pool = [f for f in load_pararel(args.data_dir, relations=[relation]) if f.subject != subject]
-        others = select_known(lm, pool, KnownConfig(limit=args.relation_facts), seed=args.seed).kept
+        others = _known_facts(lm, args, [relation], args.relation_facts, exclude=subject)
     return Fact(subject, relation, obj, prompts), others
+
+
+def _known_facts(lm, args, relations: list[str], limit: int, exclude: str | None = None) -> list:
+    """Up to ``limit`` known PARAREL facts per relation (a seeded sample), leaving out subject ``exclude``."""
+    from legibility.facts.pararel import load_pararel
+    from legibility.pipeline import KnownConfig, select_known
+
+    if limit <= 0 or not relations:
+        return []
+    pool = [f for f in load_pararel(args.data_dir, relations=relations) if f.subject != exclude]
+    return select_known(lm, pool, KnownConfig(limit=limit), seed=args.seed, progress=False).kept
+
+
+def _check_count(name: str, value: int, low: int = 0) -> None:
+    if value < low:
+        raise LegibilityError(f"{name} = {value} is out of range; allowed: >= {low}")
 
 
 def _locate(lm, rendered, relation):
@@ -181,34 +220,78 @@ def _table(lm, prompts, old_id, new_id) -> list[str]:
 
 
 def _edit(lm, args) -> int:
-    from legibility.editing.edit import EditConfig, fact_edit, object_token
+    from legibility.editing.collateral import collateral, top1_share
+    from legibility.editing.edit import EditConfig, fact_edit
+    from legibility.facts.counterfacts import object_token
     from legibility.facts.render import render
 
+    _check_count("--collateral", args.collateral)
+    _check_count("--relation-facts", args.relation_facts)
+    if not 0.0 < args.max_share <= 1.0:
+        raise LegibilityError(f"--max-share = {args.max_share} is out of range; allowed: in (0, 1]")
     fact, others = _fact_from(args, lm)
     rendered = render(lm, fact)
     if len(rendered.prompts) < 2:
         raise LegibilityError(
             f"fact {fact.id} has {len(rendered.prompts)} usable prompt(s); give --prompt twice or more"
         )
+    old_id, new_id = object_token(lm, fact, fact.object), object_token(lm, fact, args.new)
+    known = top1_share(lm, rendered.prompts, old_id)
+    n = len(rendered.prompts)
+    print(
+        f"before the edit, {fact.object!r} is the model's top-1 answer on {round(known * n)} of {n} prompts"
+    )
+    if known < 0.5 and not args.unknown_ok:
+        raise LegibilityError(
+            f"the model does not know {fact.subject} | {fact.relation} | {fact.object} ({fact.object!r} is "
+            f"top-1 on {round(known * n)} of {n} prompts), so an edit's success could not be told from "
+            "noise; pick a known fact, or pass --unknown-ok to edit anyway"
+        )
     neurons = _locate(lm, rendered, fact.relation)
     relation_sets = [neurons] + [_locate(lm, r, fact.relation) for r in others] if others else None
     cfg = EditConfig(args.lambda_old, args.lambda_new, args.max_share, args.embedding)
     edit = fact_edit(lm, fact, args.new, neurons, relation_sets, cfg)
-    old_id, new_id = object_token(lm, fact, fact.object), object_token(lm, fact, args.new)
     print(f"knowledge neurons: {neurons}")
+    if relation_sets:
+        print(
+            f"left out as shared by more than {args.max_share:g} of {len(relation_sets)} facts of "
+            f"{fact.relation} (and by at least two): {sorted(set(map(tuple, neurons)) - set(edit.neurons))}"
+        )
     print(f"edited neurons:    {list(edit.neurons)}  ({edit.description})")
     if not edit.neurons:
-        print("no neuron left to edit (none located, or all shared by the relation); the model is unchanged")
+        why = (
+            f"every knowledge neuron is shared with other facts of {fact.relation} (raise --max-share or "
+            "lower --relation-facts to edit them anyway, knowing that the edit then reaches those facts)"
+            if neurons
+            else "no knowledge neuron was located"
+        )
+        print(f"no neuron left to edit: {why}; the model is unchanged")
         return 1
     print("before:", *_table(lm, rendered.prompts, old_id, new_id), sep="\n")
     with edit.applied(lm):
         print("after:", *_table(lm, rendered.prompts, old_id, new_id), sep="\n")
+    if args.collateral:
+        same = [r for r in others if r.fact.subject != fact.subject][: args.collateral]
+        if len(same) < args.collateral:
+            same = _known_facts(lm, args, [fact.relation], args.collateral, exclude=fact.subject)
+        rels = [r for r in args.collateral_relations.split(",") if r and r != fact.relation]
+        other = _known_facts(lm, args, rels, max(1, args.collateral // max(len(rels), 1)))[: args.collateral]
+        groups = {f"same relation ({fact.relation})": same, f"other relations ({','.join(rels)})": other}
+        print(_collateral_table(collateral(lm, edit, groups, new_id), args.new))
     if args.save:
         copy = edit.copy(lm)
         copy.model.save_pretrained(args.save)  # type: ignore[operator]
         lm.tokenizer.save_pretrained(args.save)  # type: ignore[attr-defined]
         print(f"edited model written to {args.save}")
     return 0
+
+
+def _collateral_table(effects, new: str) -> str:
+    from legibility.report.editing import collateral_markdown
+
+    if not effects:
+        return "collateral: the model knows none of the sampled facts of these relations; nothing to compare"
+    return collateral_markdown(effects, new)
 
 
 def _erase(lm, args) -> int:
@@ -221,12 +304,20 @@ def _erase(lm, args) -> int:
         facts = load_pararel(args.data_dir, relations=relations)
         return select_known(lm, facts, KnownConfig(limit=limit), seed=args.seed).kept
 
-    located = known([args.relation], args.facts)
+    _check_count("--facts", args.facts, 1)
+    _check_count("--held-out", args.held_out)
+    _check_count("--top", args.top, 1)
+    pool = known([args.relation], args.facts + args.held_out)
+    located, held_out = pool[: args.facts], pool[args.facts :]
     others = known([r for r in args.other.split(",") if r], args.facts) if args.other else []
     sets = [_locate(lm, r, args.relation) for r in located]
     cfg = EvalConfig(erase=EraseConfig(args.top, args.mode), seed=args.seed)
     print("erased neurons (facts sharing each):", top_shared(sets, args.top))
-    kn, rnd = evaluate_erase(lm, sets, located, [], others, config=cfg)
+    print(
+        f"facts: {len(located)} located ({args.relation}), {len(held_out)} held out ({args.relation}, same "
+        f"relation, not used to choose neurons), {len(others)} of other relations ({args.other})"
+    )
+    kn, rnd = evaluate_erase(lm, sets, located, held_out, others, config=cfg)
     for key in kn:
         if key not in ("arm", "neurons"):
             print(f"  {key:24s} knowledge neurons {kn[key]!s:>22}   random {rnd.get(key)!s:>22}")
@@ -241,7 +332,8 @@ def _erase(lm, args) -> int:
 def _edit_eval(lm, args) -> int:
     from legibility.editing.erase import EraseConfig
     from legibility.editing.evaluate import EvalConfig
-    from legibility.editing.experiment import ExperimentConfig, run_experiment, summary_markdown
+    from legibility.editing.experiment import ExperimentConfig, run_experiment
+    from legibility.report.editing import summary_markdown
 
     cfg = ExperimentConfig(
         relation=args.relation,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 from legibility.editing.values import Embedding, Neuron, ValueEdit, token_embedding
 from legibility.errors import LegibilityError
-from legibility.facts.render import target_ids
-from legibility.facts.types import OBJECT, Fact
+from legibility.facts.counterfacts import object_token
+from legibility.facts.types import Fact
 from legibility.models.loading import LoadedModel
 
 
@@ -35,24 +35,17 @@ class EditConfig:
     )
 
 
-def object_token(lm: LoadedModel, fact: Fact, obj: str) -> int:
-    """The first token of ``obj`` as the model continues ``fact``'s first prompt with it."""
-    if not fact.prompts:
-        raise LegibilityError(f"fact {fact.id} has no prompts; object tokens are read in a prompt's context")
-    prompt = next((p for p in fact.prompts if OBJECT in p), None)
-    if prompt is None:
-        raise LegibilityError(f"no prompt of fact {fact.id} contains the object slot {OBJECT}")
-    ids = target_ids(lm, prompt.partition(OBJECT)[0], obj)
-    if not ids:
-        raise LegibilityError(f"object {obj!r} encodes to no tokens")
-    return ids[0]
-
-
 def shared_neurons(relation_neurons: Sequence[Sequence[Neuron]], max_share: float) -> set[Neuron]:
-    """Neurons that are knowledge neurons of more than ``max_share`` of the facts (one set per fact)."""
-    counts = Counter(n for s in relation_neurons for n in set(s))
-    need = max_share * len(relation_neurons)
-    return {n for n, c in counts.items() if c > need}
+    """Neurons that are knowledge neurons of more than ``max_share`` of the facts (one set per fact) and of
+    at least two facts.
+
+    The edited fact's own set is among ``relation_neurons``, so with fewer than ``1 / max_share`` facts
+    (e.g. 5 facts at 0.1) "more than max_share" alone would be met by a single fact: every neuron of the
+    fact itself would count as shared and nothing would be left to edit. A neuron of one fact only is
+    never shared."""
+    counts = Counter(tuple(n) for s in relation_neurons for n in {tuple(m) for m in s})
+    need = max(max_share * len(relation_neurons), 1.0)
+    return {n for n, c in counts.items() if c > need}  # type: ignore[misc]
 
 
 def edit_neurons(

@@ -37,9 +37,9 @@ def top_shared(relation_neurons: Sequence[Sequence[Neuron]], top: int) -> list[t
 
 def erase_vector(lm: LoadedModel, mode: EraseMode, embedding: Embedding = "input") -> torch.Tensor:
     """The value vector [d_model] an erased neuron gets."""
-    d_model = value_matrix(lm, 0).shape[1]
+    values = value_matrix(lm, 0)
     if mode == "zero":
-        return torch.zeros(d_model)
+        return torch.zeros(values.shape[1], device=values.device)
     if mode == "unk":
         unk = getattr(lm.tokenizer, "unk_token_id", None)
         if unk is None:

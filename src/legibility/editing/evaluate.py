@@ -11,6 +11,8 @@ Fact edit, per fact (its knowledge neurons vs as many random neurons in the same
                    (edit "capital of Germany -> Paris", ask "Paris is the capital of" -> "Germany"), next to
                    the same before the edit (Niu et al.'s bijective symmetry);
   locality         share of other facts' prompts (same relation; other relations) whose argmax is unchanged;
+  neighborhood_score  specificity as ROME's NS: share of the same relation's other facts' prompts where
+                   their correct object still has a higher probability than the edit's new object;
   perplexity       relative change of the perplexity of a held-out text.
 Relation erase: accuracy (argmax = correct) and mean p(correct) on the relation's facts (the ones whose
 neurons chose what to erase, and held-out ones), on other relations' facts, and the perplexity change.
@@ -18,25 +20,21 @@ neurons chose what to erase, and held-out ones), on other relations' facts, and 
 
 from __future__ import annotations
 
-import json
 import math
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from legibility.editing.edit import EditConfig, edit_neurons, object_token, value_edit
+from legibility.editing.edit import EditConfig, edit_neurons, value_edit
 from legibility.editing.erase import EraseConfig, relation_erase
-from legibility.editing.text import SAMPLE_TEXT
 from legibility.editing.values import Neuron, ValueEdit, random_like
-from legibility.errors import LegibilityError
-from legibility.facts.types import OBJECT, SUBJECT, Fact, PromptQueries, Query, RenderedFact, fill
+from legibility.facts.counterfacts import object_token
+from legibility.facts.types import PromptQueries, Query, RenderedFact
 from legibility.forward import Prediction, predict
+from legibility.metrics.perplexity import perplexity
+from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
-
-# Relation -> the relation that reads the same fact backwards (symmetric relations map to themselves).
-INVERSE_RELATIONS = {"P36": "P1376", "P1376": "P36", "P47": "P47", "P530": "P530", "P190": "P190"}
 
 
 @dataclass(frozen=True)
@@ -54,44 +52,6 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-@torch.no_grad()
-def perplexity(lm: LoadedModel, text: str = SAMPLE_TEXT, max_tokens: int = 64) -> float:
-    """Perplexity of ``text`` (one input per line): next-token for causal LMs (all lines in one padded
-    batch), pseudo-perplexity (each token masked in turn) for masked LMs."""
-    rows = [lm.encode(line.strip())[:max_tokens] for line in text.splitlines() if line.strip()]
-    if lm.kind == "causal":
-        rows = [r for r in rows if len(r) >= 2]
-        if not rows:
-            raise LegibilityError("the text gives no tokens to measure perplexity on")
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [rows, pos-1, vocab]
-        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # [rows, pos-1]
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum"
-        )
-        return math.exp(float(nll) / int((labels != -100).sum()))
-    nll_sum, count = 0.0, 0
-    specials = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
-    for r in rows:
-        positions = [t for t in range(len(r)) if r[t] not in specials]
-        if not positions:
-            continue
-        ids = torch.tensor([r]).repeat(len(positions), 1)  # [n, pos]: row j masks position positions[j]
-        idx = torch.arange(len(positions))
-        ids[idx, positions] = int(lm.tokenizer.mask_token_id)  # type: ignore[attr-defined]
-        logits = lm.model(input_ids=ids).logits[idx, positions].float()  # [n, vocab]
-        gold = torch.tensor([r[t] for t in positions])
-        nll_sum += float(torch.nn.functional.cross_entropy(logits, gold, reduction="sum"))
-        count += len(positions)
-    if count == 0:
-        raise LegibilityError("the text gives no tokens to measure perplexity on")
-    return math.exp(nll_sum / count)
-
-
 def retarget(prompts: Sequence[PromptQueries], target_id: int) -> list[Query]:
     """The first query of each prompt, asking for ``target_id`` instead."""
     return [Query(p.queries[0].input_ids, p.queries[0].answer_pos, target_id) for p in prompts]
@@ -99,41 +59,6 @@ def retarget(prompts: Sequence[PromptQueries], target_id: int) -> list[Query]:
 
 def first_queries(prompts: Sequence[PromptQueries]) -> list[Query]:
     return [p.queries[0] for p in prompts]
-
-
-def pararel_wordings(relation: str, data_dir: str | None = None) -> dict[str, str]:
-    """PARAREL template -> its lemma (the wording of the relation, e.g. "capital" vs "capital-city")."""
-    from legibility.facts.pararel import find_pararel
-
-    path = find_pararel(data_dir) / "patterns" / f"{relation}.jsonl"
-    if not path.exists():
-        raise LegibilityError(f"PARAREL has no patterns for relation {relation}")
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out.setdefault(row["pattern"], str(row.get("lemma", "")))
-    return out
-
-
-def split_wording(fact: Fact, wordings: dict[str, str] | None) -> tuple[Fact, Fact]:
-    """(prompts in the first template's wording, prompts in other wordings). Without lemmas (or with one
-    wording only) the prompts alternate between the two halves."""
-    lemma_of = {fill(t, fact.subject): lemma for t, lemma in (wordings or {}).items()}
-    lemmas = [lemma_of.get(p, "") for p in fact.prompts]
-    if len(set(lemmas)) > 1 and all(lemmas):
-        base = lemmas[0]
-        first = tuple(p for p, lem in zip(fact.prompts, lemmas, strict=True) if lem == base)
-        rest = tuple(p for p, lem in zip(fact.prompts, lemmas, strict=True) if lem != base)
-    else:
-        first, rest = fact.prompts[0::2], fact.prompts[1::2]
-    return replace(fact, prompts=first), replace(fact, prompts=rest)
-
-
-def inverse_fact(templates: Sequence[str], subject: str, obj: str, relation: str) -> Fact:
-    """A fact of the inverse relation: ``subject`` fills [X] in its templates, ``obj`` is asked for."""
-    prompts = tuple(t.replace(SUBJECT, subject) for t in templates if OBJECT in t)
-    return Fact(subject, relation, obj, prompts)
 
 
 def _argmax_share(pred: Prediction, k: int = 1) -> float:
@@ -158,22 +83,6 @@ class EditCase:
     synonyms: list[PromptQueries] = field(default_factory=list)  # other wordings of the same fact
     inverse_new: list[PromptQueries] = field(default_factory=list)  # inverse relation about the new object
     inverse_old: list[PromptQueries] = field(default_factory=list)  # inverse relation about the old object
-
-
-def choose_new_objects(lm: LoadedModel, facts: Sequence[Fact], seed: int = 0) -> list[str]:
-    """For each fact, another fact's object of the same relation whose first token differs (Dai et al.
-    replace the object by another object of the relation)."""
-    objects = sorted({f.object for f in facts})
-    rng = random.Random(seed)
-    out = []
-    for f in facts:
-        options = [
-            o for o in objects if o != f.object and object_token(lm, f, o) != object_token(lm, f, f.object)
-        ]
-        if not options:
-            raise LegibilityError(f"no other object of relation {f.relation} to edit fact {f.id} into")
-        out.append(rng.choice(options))
-    return out
 
 
 class EditEvaluator:
@@ -245,7 +154,7 @@ class EditEvaluator:
             edit = value_edit(lm, neurons, old_id, new_id, cfg.edit)
             with edit.applied(lm):
                 after = self._predict_all(queries)
-                rec.update(self._locality(fact.id))
+                rec.update(self._locality(fact.id, new_id))
                 rec["ppl_change"] = perplexity(lm, self.text, cfg.max_tokens) / self.ppl_before - 1.0
             rec.update(self._fact_metrics(before, after))
             records.append(rec)
@@ -283,13 +192,17 @@ class EditEvaluator:
             out[f"inverse_old@{k}_after"] = _argmax_share(after["inv_old"], k)
         return out
 
-    def _locality(self, fact_id: str) -> dict:
+    def _locality(self, fact_id: str, new_id: int) -> dict:
         out: dict = {}
         if self.same_before is not None:
-            keep = torch.tensor([fid != fact_id for fid, _ in self.same])
+            neighbours = [q for fid, q in self.same if fid != fact_id]
+            keep = torch.tensor([fid != fact_id for fid, _ in self.same], device=self.same_before.top.device)
             after = predict(self.lm, [q for _, q in self.same])
             same = (after.top == self.same_before.top)[keep]
             out["locality_same"] = float(same.float().mean()) if len(same) else None
+            if neighbours:  # ROME's neighborhood score: the neighbour's own object still beats the new one
+                to_new = predict(self.lm, [Query(q.input_ids, q.answer_pos, new_id) for q in neighbours])
+                out["neighborhood_score"] = float((after.prob[keep] > to_new.prob).float().mean())
         if self.other_before is not None:
             after = predict(self.lm, self.other)
             out["locality_other"] = float((after.top == self.other_before.top).float().mean())
@@ -346,6 +259,9 @@ def summarize_edits(records: Sequence[dict], top_k: int = 5) -> dict[str, dict[s
         "n_neurons",
         "success@1",
         f"success@{top_k}",
+        "neighborhood_score",  # specificity beside success, as in ROME's table
+        "locality_same",
+        "locality_other",
         "success@1_before",
         "change",
         "p_new_before",
@@ -360,8 +276,6 @@ def summarize_edits(records: Sequence[dict], top_k: int = 5) -> dict[str, dict[s
         f"symmetry@{top_k}",
         f"inverse_old@{top_k}_before",
         f"inverse_old@{top_k}_after",
-        "locality_same",
-        "locality_other",
     ]
     out: dict[str, dict[str, float]] = {}
     for arm in ("kn", "random"):

@@ -2,8 +2,11 @@
 edit each fact and erase the relation, each against random neurons; results are written to ``out_dir``.
 
 Knowledge neurons are located with the prompts in the relation's first wording only (e.g. "capital"), so
-that prompts in the other wording (e.g. "capital city") measure synonymy. Attributions are cached in
-``out_dir/neurons.jsonl``, so a rerun (e.g. with other edit settings) does not recompute them.
+that prompts in the other wording (e.g. "capital city") measure synonymy. Known facts and attributions are
+cached in ``out_dir`` under file names keyed by everything they depend on: the model (name and a sha256 of
+its weights), the content of the PARAREL facts read, and the settings (``known-<key>.json``,
+``neurons-<key>.jsonl``). A rerun with the same inputs (e.g. other edit settings) reuses them; another model
+or other settings get their own files and never read stale ones.
 """
 
 from __future__ import annotations
@@ -16,24 +19,27 @@ from tqdm.auto import tqdm
 
 from legibility.attribution import attribute_prompts
 from legibility.editing.evaluate import (
-    INVERSE_RELATIONS,
     EditCase,
     EditEvaluator,
     EvalConfig,
-    choose_new_objects,
     evaluate_erase,
     first_queries,
+    summarize_edits,
+)
+from legibility.editing.fingerprint import model_fingerprint, settings_key
+from legibility.errors import LegibilityError
+from legibility.facts.counterfacts import (
+    INVERSE_RELATIONS,
+    choose_new_objects,
     inverse_fact,
     pararel_wordings,
     split_wording,
-    summarize_edits,
 )
-from legibility.editing.text import SAMPLE_TEXT
-from legibility.errors import LegibilityError
 from legibility.facts.pararel import load_pararel
 from legibility.facts.render import render
 from legibility.facts.types import RenderedFact
 from legibility.forward import predict
+from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.store import JsonlStore
@@ -60,19 +66,35 @@ class ExperimentConfig:
     data_dir: str | None = None  # PARAREL folder (default: found automatically)
 
 
+def facts_digest(facts: list) -> str:
+    """A content hash of facts (ids, subjects, objects, prompts): a changed data file changes it."""
+    return settings_key([(f.id, f.subject, f.relation, f.object, list(f.prompts)) for f in facts])
+
+
 def _known(
-    lm: LoadedModel, relations: list[str], limit: int, cfg: ExperimentConfig, out: Path, progress: bool
+    lm: LoadedModel,
+    relations: list[str],
+    limit: int,
+    cfg: ExperimentConfig,
+    out: Path,
+    progress: bool,
+    weights: str,
 ) -> list[RenderedFact]:
-    """Known facts of ``relations`` (at most ``limit`` each), cached by id in ``out`` (the scan is slow)."""
+    """Known facts of ``relations`` (at most ``limit`` each), cached by id in ``out`` (the scan is slow)
+    under a name keyed by the model, the facts' content, ``limit`` and the seed."""
     from legibility.pipeline import KnownConfig, select_known
 
     facts = load_pararel(cfg.data_dir, relations=relations)
-    cache = out / f"known-{'-'.join(relations)}-{limit}-{cfg.eval.seed}.json"
+    known_cfg = KnownConfig(limit=limit)
+    key = settings_key(lm.name, weights, facts_digest(facts), relations, asdict(known_cfg), cfg.eval.seed)
+    cache = out / f"known-{'-'.join(relations)}-{key}.json"
     if cache.exists():
         by_id = {f.id: f for f in facts}
         return [render(lm, by_id[i]) for i in json.loads(cache.read_text())]
-    kept = select_known(lm, facts, KnownConfig(limit=limit), seed=cfg.eval.seed, progress=progress).kept
-    cache.write_text(json.dumps([r.fact.id for r in kept]))
+    kept = select_known(lm, facts, known_cfg, seed=cfg.eval.seed, progress=progress).kept
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps([r.fact.id for r in kept]))
+    tmp.replace(cache)
     return kept
 
 
@@ -84,7 +106,8 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rel = cfg.relation
-    known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress)
+    weights = model_fingerprint(lm)
+    known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress, weights)
     wordings = pararel_wordings(rel, cfg.data_dir)
     inverse = INVERSE_RELATIONS.get(rel)
     inverse_templates = list(pararel_wordings(inverse, cfg.data_dir)) if inverse else []
@@ -115,15 +138,26 @@ def run_experiment(
     if not located:
         raise LegibilityError(f"the model knows no fact of {rel} with enough prompts in one wording")
 
-    store = JsonlStore(out / "neurons.jsonl")
+    # one file per (model, method, neuron settings); each record carries a hash of the prompts it was
+    # located with, so a changed data file recomputes that fact instead of reusing it
+    neurons_key = settings_key(lm.name, weights, cfg.method, asdict(cfg.neurons))
+    store = JsonlStore(out / f"neurons-{neurons_key}.jsonl")
     bar = tqdm(total=len(located), desc="knowledge neurons", disable=not progress, unit="fact")
     neurons = []
     for r in located:
-        if r.fact.id not in store:
+        prompts_key = settings_key([p.text for p in r.prompts], r.fact.object)
+        rec = store.records.get(r.fact.id)
+        if rec is None or rec.get("prompts_key") != prompts_key:
             scores = attribute_prompts(lm, r.prompts, cfg.method)  # [prompts, layers, neurons]
             kn = knowledge_neurons(r.fact.id, rel, scores, cfg.neurons)
-            store.append({"fact_id": r.fact.id, "neurons": [list(n) for n in kn.neurons], "share": kn.share})
-        neurons.append([tuple(n) for n in store.records[r.fact.id]["neurons"]])
+            rec = {
+                "fact_id": r.fact.id,
+                "neurons": [list(n) for n in kn.neurons],
+                "share": kn.share,
+                "prompts_key": prompts_key,
+            }
+            store.append(rec)
+        neurons.append([tuple(n) for n in rec["neurons"]])
         bar.update(1)
     bar.close()
 
@@ -141,7 +175,7 @@ def run_experiment(
             ).prompts
         cases.append(EditCase(r, new, list(ns), syn.prompts, inv_new, inv_old))  # type: ignore[arg-type]
 
-    others = _known(lm, list(cfg.others), cfg.n_others, cfg, out, progress) if cfg.others else []
+    others = _known(lm, list(cfg.others), cfg.n_others, cfg, out, progress, weights) if cfg.others else []
     variants = {"paper": cfg.eval}
     if cfg.unfiltered:
         variants["unfiltered"] = replace(cfg.eval, edit=replace(cfg.eval.edit, max_share=1.0))
@@ -158,6 +192,7 @@ def run_experiment(
     (out / "erase.json").write_text(json.dumps(erase, indent=1))
     summary = {
         "model": lm.name,
+        "model_sha256": weights,
         "relation": rel,
         "inverse": inverse,
         "config": asdict(cfg),
@@ -173,33 +208,3 @@ def run_experiment(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def summary_markdown(summary: dict) -> str:
-    """The summary as two markdown tables (fact edit, relation erase), knowledge neurons vs random."""
-
-    def fmt(x: object) -> str:
-        return (
-            "n/a"
-            if x is None or (isinstance(x, float) and x != x)
-            else f"{x:.3f}"
-            if isinstance(x, float)
-            else str(x)
-        )
-
-    edit = summary["edit"]
-    variants = list(edit)
-    head = " | ".join(f"{v}: knowledge neurons | {v}: random neurons" for v in variants)
-    lines = [f"| fact edit (mean over facts) | {head} |", "|---" * (1 + 2 * len(variants)) + "|"]
-    for metric in edit[variants[0]]:
-        cells = " | ".join(
-            f"{fmt(edit[v][metric].get('kn'))} | {fmt(edit[v][metric].get('random'))}" for v in variants
-        )
-        lines.append(f"| {metric} | {cells} |")
-    lines += ["", "| relation erase | knowledge neurons | random neurons |", "|---|---|---|"]
-    kn, rnd = summary["erase"]
-    for key in kn:
-        if key in ("arm", "neurons"):
-            continue
-        lines.append(f"| {key} | {fmt(kn[key])} | {fmt(rnd.get(key))} |")
-    return "\n".join(lines)

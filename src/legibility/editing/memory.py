@@ -8,6 +8,11 @@ the neuron most, over fact prompts (answer position) and a text sample (every po
 for masked LMs the token at the position) is among the value vector's top-k promoted tokens, next to the
 same share over every context examined (its chance level). Agreement far above chance means what triggers
 the neuron and what it writes agree, as Geva et al. found in upper layers.
+
+Gated-MLP neurons (``act(gate) * up``) can fire strongly *negative* on the very prompts they serve; what they
+write there is ``activation * v``. A card therefore uses the neuron's *serving sign* (the sign of its
+activation on the fact prompts it is read over, see :func:`serving_sign`): contexts are ranked by
+``sign * activation`` and the promoted/suppressed tokens are those of ``sign * v``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from legibility.editing.text import SAMPLE_TEXT
 from legibility.editing.values import embedding_matrix, value_vector
 from legibility.errors import LegibilityError
 from legibility.facts.types import PromptQueries
+from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
 
 
@@ -42,7 +47,7 @@ class CardConfig:
 class TokenScore:
     token: str  # decoded token
     id: int
-    logit: float  # (W_U @ v)[id]
+    logit: float  # sign * (W_U @ v)[id], sign being the card's serving sign
 
 
 @dataclass(frozen=True)
@@ -62,13 +67,14 @@ class NeuronCard:
     layer: int
     index: int
     value_norm: float  # ||v||
-    promoted: list[TokenScore]  # top of W_U @ v
-    suppressed: list[TokenScore]  # bottom of W_U @ v
-    contexts: list[Context]  # top-activating contexts, highest first
+    promoted: list[TokenScore]  # top of sign * W_U @ v
+    suppressed: list[TokenScore]  # bottom of sign * W_U @ v
+    contexts: list[Context]  # top contexts by sign * activation, highest first
     agreement: float | None  # share of the top agreement_contexts whose next token is promoted
     agreement_chance: float | None  # the same share over every context examined
     n_contexts: int = 0  # contexts examined
     notes: list[str] = field(default_factory=list)
+    sign: int = 1  # serving sign: -1 when the neuron fires negatively on the facts it serves
 
 
 def value_logits(lm: LoadedModel, layer: int, index: int) -> Tensor:
@@ -100,13 +106,14 @@ def _read(lm: LoadedModel, rows: list[list[int]], layer: int, index: int, batch_
     stops at the neuron's layer (no later layers, no vocabulary projection)."""
     out: list[Tensor] = []
     pad = getattr(lm.tokenizer, "pad_token_id", None) or 0
+    device = next(lm.model.parameters()).device
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(chunk):
-            ids[i, : len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r, device=device)
             mask[i, : len(r)] = 1
         store: dict[str, Tensor] = {}
 
@@ -141,7 +148,19 @@ def neuron_card(
     """The key-value card of neuron (``layer``, ``index``), read over rendered fact ``prompts`` (answer
     position; target = next token) and every position of ``text`` (one line per input)."""
     cfg = config or CardConfig()
-    logits = value_logits(lm, layer, index)  # [vocab]
+    # (activation, text ids up to the position, next token id, source)
+    found: list[tuple[float, list[int], int, str]] = []
+    queries = [q for p in prompts for q in p.queries[:1]]
+    if queries:
+        acts = _read(lm, [list(q.input_ids) for q in queries], layer, index, cfg.batch_size)
+        for q, a in zip(queries, acts, strict=True):
+            found.append(
+                (float(a[q.answer_pos]), list(q.input_ids[: q.answer_pos + 1]), q.target_id, "facts")
+            )
+    sign = serving_sign([f[0] for f in found], cfg.agreement_contexts)
+    # what the neuron writes on the facts it serves is activation * v: with a negative activation the
+    # promoted tokens are those of -v
+    logits = sign * value_logits(lm, layer, index)  # [vocab]
     k = min(cfg.top_tokens, logits.numel())
     top_ids = torch.topk(logits, k).indices
     promoted_set = {int(i) for i in top_ids}
@@ -155,16 +174,13 @@ def neuron_card(
         [],
         None,
         None,
+        sign=sign,
     )
-    # (activation, text ids up to the position, next token id, source)
-    found: list[tuple[float, list[int], int, str]] = []
-    queries = [q for p in prompts for q in p.queries[:1]]
-    if queries:
-        acts = _read(lm, [list(q.input_ids) for q in queries], layer, index, cfg.batch_size)
-        for q, a in zip(queries, acts, strict=True):
-            found.append(
-                (float(a[q.answer_pos]), list(q.input_ids[: q.answer_pos + 1]), q.target_id, "facts")
-            )
+    if sign < 0:
+        card.notes.append(
+            "the neuron fires negatively on the fact prompts it serves: contexts are ranked by -activation "
+            "and the promoted/suppressed tokens are those of -v (what it writes there)"
+        )
     rows = _text_rows(lm, text, cfg.max_tokens)
     if rows:
         masked = lm.kind == "masked"
@@ -179,7 +195,7 @@ def neuron_card(
     if not found:
         card.notes.append("no contexts given: pass fact prompts or text to see what activates the neuron")
         return card
-    found.sort(key=lambda f: -f[0])
+    found.sort(key=lambda f: -sign * f[0])
     for act, ids, nxt, source in found[: cfg.top_contexts]:
         text_ = str(lm.tokenizer.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]
         card.contexts.append(Context(text_, act, _decode(lm, nxt), source, nxt in promoted_set))
@@ -189,10 +205,19 @@ def neuron_card(
     return card
 
 
+def serving_sign(fact_activations: Sequence[float], top: int = 20) -> int:
+    """+1 or -1: the sign of the summed activation over the ``top`` fact prompts where the neuron is
+    strongest (largest |activation|). Gated-MLP neurons (act(gate) * up) can serve their facts with strongly
+    negative activations; +1 when no fact prompt was read."""
+    strongest = sorted(fact_activations, key=abs, reverse=True)[:top]
+    return -1 if sum(strongest) < 0 else 1
+
+
 def card_text(card: NeuronCard) -> str:
     """A plain-text card for the terminal."""
     lines = [
-        f"neuron L{card.layer}:{card.index} of {card.model}   |v| = {card.value_norm:.3f}",
+        f"neuron L{card.layer}:{card.index} of {card.model}   |v| = {card.value_norm:.3f}"
+        + ("   serving sign: negative (lists are of -v)" if card.sign < 0 else ""),
         "value promotes:  " + "  ".join(f"{t.token!r} {t.logit:+.2f}" for t in card.promoted),
         "value suppresses:" + "  ".join(f" {t.token!r} {t.logit:+.2f}" for t in card.suppressed),
     ]

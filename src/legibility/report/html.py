@@ -108,9 +108,31 @@ def render_report(rows: Sequence[dict], title: str, figures: Sequence[tuple[Path
 """
 
 
+def no_finished_trials(db: Path, rows: Sequence[dict]) -> str:
+    """Why a sweep store has nothing to plot, in one line."""
+    if not rows:
+        return f"no trials in {db}: the sweep has not started; run `legibility sweep SWEEP.yaml --out {db.parent}`"
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
+    what = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    failed = [r for r in rows if r["status"] == "failed" and r.get("error")]
+    why = ""
+    if failed:
+        first = str(failed[0]["error"]).splitlines()[0][:200]
+        why = f"; trial {failed[0]['trial_id']} failed with: {first}"
+    todo = counts.get("pending", 0) + counts.get("running", 0)
+    hint = (
+        f"; rerun `legibility sweep SWEEP.yaml --out {db.parent}` to finish the {todo} unfinished"
+        if todo
+        else ""
+    )
+    return f"no finished trials in {db} ({what}){why}{hint}"
+
+
 def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
     """Write report.html, frontier.png and agreement.png into ``sweep_dir`` from its results store."""
-    from legibility.sweeps.results import ResultsStore
+    from legibility.sweeps.results import STALE, ResultsStore
 
     out = Path(sweep_dir)
     db = out / "results.duckdb"
@@ -118,11 +140,20 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
         raise LegibilityError(
             f"{out} has no results.duckdb; run `legibility sweep SWEEP.yaml --out {out}` first"
         )
-    with ResultsStore(db) as store:
-        rows = store.rows()
+    import duckdb
+
+    with ResultsStore(db, read_only=True) as store:
+        try:
+            rows = store.rows()
+        except duckdb.Error as e:
+            raise LegibilityError(
+                f"{db} has no readable trials table ({' '.join(str(e).split())[:120]}); rerun the sweep "
+                "into a new --out folder"
+            ) from e
+    rows = [r for r in rows if not str(r["status"]).startswith(STALE)]
     done = [r for r in rows if r["status"] == "done"]
     if not done:
-        raise LegibilityError(f"no finished trials in {db} yet; nothing to plot")
+        raise LegibilityError(no_finished_trials(db, rows))
     figures = [
         (frontier_figure(done, out / "frontier.png"), "Interpretability vs performance frontier"),
         (

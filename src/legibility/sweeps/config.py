@@ -17,12 +17,14 @@ executor: {name: local, workers: 1}   # or {name: ray, address: auto}
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +33,16 @@ from legibility.errors import LegibilityError
 
 KEYS = {"name", "base", "variants", "grid", "random", "seeds", "score", "executor"}
 DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
+EXECUTOR_NAMES = ("local", "ray")
+# variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
+VARIANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
 class Trial:
     """One training run of a sweep: a named variant with overrides, trained with one seed."""
 
-    id: str  # stable: variant, seed and a hash of the overrides
+    id: str  # stable: variant, seed and a hash of the full resolved trial config (run config + score)
     variant: str
     seed: int
     overrides: dict[str, Any]  # dotted key -> value, applied to the base run config
@@ -88,9 +93,51 @@ def _sample(spec: Any, key: str, rng: random.Random) -> Any:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
-def _trial_id(variant: str, overrides: dict, seed: int) -> str:
-    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{variant}-{digest}-s{seed}"
+def check_variant_name(name: Any) -> str:
+    """``name`` when it is safe as a folder name and a figure label, else a one-line LegibilityError."""
+    if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name) or ".." in name or name.startswith("."):
+        raise LegibilityError(
+            f"variant name {name!r} is not allowed; use 1-64 of the characters A-Z a-z 0-9 . _ - "
+            "(no path separators, no '..', not starting with '.')"
+        )
+    return name
+
+
+def trial_id(variant: str, resolved: dict, seed: int) -> str:
+    """``<variant>-<hash>-s<seed>``; the hash covers the full resolved trial config (base, overrides, seed,
+    score settings, defaults filled in), so changing any of them gives a new trial instead of a stale row."""
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return f"{variant}-{hashlib.sha256(text.encode()).hexdigest()[:12]}-s{seed}"
+
+
+def _check_executor(ex: Any) -> ExecutorConfig:
+    if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address"}:
+        raise LegibilityError("'executor' takes name (local|ray), workers, address")
+    name = ex.get("name", "local")
+    if name not in EXECUTOR_NAMES:
+        raise LegibilityError(
+            f"executor.name = {name!r} is not allowed; choose one of {', '.join(EXECUTOR_NAMES)}"
+        )
+    workers = ex.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LegibilityError(f"executor.workers = {workers!r} is not allowed; give an integer >= 1")
+    address = ex.get("address")
+    if address is not None and not isinstance(address, str):
+        raise LegibilityError(f"executor.address = {address!r} is not allowed; give a string or null")
+    return ExecutorConfig(name, workers, address)
+
+
+def _check_score(score: Any) -> dict:
+    """The score section with defaults filled in (validated field by field)."""
+    from legibility.training.config import check_range, from_dict
+    from legibility.training.experiment import ScoreConfig
+
+    sc = from_dict(ScoreConfig, score, "score")
+    check_range("score.facts", sc.facts, 1, None)
+    check_range("score.ig_steps", sc.ig_steps, 1, None)
+    check_range("score.threshold", sc.threshold, 0.0, 1.0, False, False)
+    check_range("score.share", sc.share, 0.0, 1.0, False, True)
+    return dataclasses.asdict(sc)
 
 
 def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
@@ -112,6 +159,10 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
     variants = data.get("variants") or {"base": {}}
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise LegibilityError("'variants' maps a name to a mapping of dotted-key overrides")
+    for vname in variants:
+        check_variant_name(vname)
+    score = _check_score(data.get("score") or {})
+    executor = _check_executor(data.get("executor") or {})
     points: list[dict] = [{}]
     if data.get("grid"):
         grid = data["grid"]
@@ -136,21 +187,11 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
             set_dotted(cfg, k, v)
         set_dotted(cfg, "train.seed", seed)
         try:
-            parse_run_config(copy.deepcopy(cfg))
+            resolved = dataclasses.asdict(parse_run_config(copy.deepcopy(cfg)))
         except LegibilityError as e:
             raise LegibilityError(f"variant {vname!r} with {overrides}: {e}") from e
-        trials.append(Trial(_trial_id(vname, overrides, seed), vname, seed, overrides, cfg))
-    ex = data.get("executor") or {}
-    if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address"}:
-        raise LegibilityError("'executor' takes name (local|ray), workers, address")
-    executor = ExecutorConfig(**ex)
-    score = data.get("score") or {}
-    from legibility.training.experiment import ScoreConfig
-
-    try:
-        ScoreConfig(**score)
-    except TypeError as e:
-        raise LegibilityError(f"'score': {e}") from e
+        tid = trial_id(vname, {"run": resolved, "score": score}, seed)
+        trials.append(Trial(tid, vname, seed, overrides, cfg))
     return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor)
 
 

@@ -33,23 +33,41 @@ FROM trials;
 """
 
 
+STALE = "stale:"  # status prefix of rows the sweep's current config no longer produces
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
 class ResultsStore:
-    """Trial rows of a sweep in ``<dir>/results.duckdb``."""
+    """Trial rows of a sweep in ``<dir>/results.duckdb``.
 
-    def __init__(self, path: str | os.PathLike):
+    ``read_only=True`` opens the file read-only with DuckDB's file system access turned off (no COPY TO,
+    ATTACH, INSTALL or reading other files); :meth:`query` always runs on such a connection."""
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise LegibilityError(f"{self.path} does not exist; run the sweep first")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = self._connect(read_only)
+        if not read_only:
+            self.con.execute(SCHEMA)
+
+    def _connect(self, read_only: bool):
         import duckdb
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | bool | int | float | list[str]] = {}
+        if read_only:
+            config["enable_external_access"] = False
         try:
-            self.con = duckdb.connect(str(self.path))
-        except duckdb.IOException as e:
+            return duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.Error as e:
             raise LegibilityError(f"cannot open {self.path} ({e}); is another sweep writing to it?") from e
-        self.con.execute(SCHEMA)
 
     def close(self) -> None:
         self.con.close()
@@ -76,6 +94,21 @@ class ResultsStore:
                 json.dumps(trial.run_config),
             ],
         )
+
+    def mark_stale(self, sweep: str, current: list[str]) -> None:
+        """Mark rows of ``sweep`` whose id is not in ``current`` as ``stale:<status>``; revive current ones."""
+        keep = set(current)
+        for tid, status in self.con.execute(
+            "SELECT trial_id, status FROM trials WHERE sweep = ?", [sweep]
+        ).fetchall():
+            stale = status.startswith(STALE)
+            if tid in keep and stale:
+                new = status[len(STALE) :]
+            elif tid not in keep and not stale:
+                new = STALE + status
+            else:
+                continue
+            self.con.execute("UPDATE trials SET status = ? WHERE trial_id = ?", [new, tid])
 
     def mark_running(self, trial_id: str) -> None:
         self.con.execute(
@@ -115,10 +148,38 @@ class ResultsStore:
         return out
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run one read query (SELECT, WITH, VALUES, EXPLAIN); anything else is refused with a one-line
+        LegibilityError. The query runs on a read-only connection without file system access: a store opened
+        for writing is reopened read-only first (further writes through this object are then refused)."""
         import duckdb
 
+        check_read_query(sql)
+        if not self.read_only:
+            self.con.close()
+            self.con = self._connect(True)
+            self.read_only = True
         try:
             cur = self.con.execute(sql)
         except duckdb.Error as e:
-            raise LegibilityError(f"query failed: {e}. Tables: trials, trials_flat") from e
+            msg = " ".join(str(e).split())
+            raise LegibilityError(f"query failed: {msg}. Tables: trials, trials_flat") from e
         return [d[0] for d in cur.description], cur.fetchall()
+
+
+def check_read_query(sql: str) -> None:
+    """Refuse anything but exactly one read statement, with a one-line LegibilityError."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise LegibilityError(f"query failed: {' '.join(str(e).split())}. Tables: trials, trials_flat") from e
+    if len(statements) != 1:
+        raise LegibilityError(f"give exactly one SELECT statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        name = str(kind).rsplit(".", 1)[-1]
+        raise LegibilityError(
+            f"results --sql is read-only: a {name} statement is refused; give one SELECT "
+            "(tables: trials, trials_flat)"
+        )

@@ -4,6 +4,11 @@ Executors live in one registry: ``local`` (in this process, or a pool of ``worke
 (a Ray cluster at ``address``, or a local Ray runtime). A rerun skips finished trials, reruns those that were
 running when the sweep was killed (the trainer resumes from its last checkpoint) and, unless asked, leaves
 failed trials failed with their error recorded.
+
+A trial's id hashes its full resolved config (base, overrides, seed, score settings), so editing the sweep's
+``base`` or ``score`` starts new trials. Rows of the same sweep name that the current config no longer
+produces are kept but marked ``stale:<status>`` (the report and the counts leave them out); going back to
+the old config revives them.
 """
 
 from __future__ import annotations
@@ -133,15 +138,27 @@ def ray_executor(
             ray.shutdown()
 
 
+def trial_dir(out: Path, trial: Trial) -> Path:
+    """``<out>/trials/<trial id>``, refused if it would lie outside ``<out>/trials`` (ids come from sanitized
+    variant names, so this guards against a hand-made Trial)."""
+    root = (out / "trials").resolve()
+    path = (root / trial.id).resolve()
+    if path.parent != root:
+        raise LegibilityError(f"trial id {trial.id!r} would write outside {root}; rename the variant")
+    return path
+
+
 def run_sweep(
     cfg: SweepConfig, out_dir: str | Path, retry_failed: bool = False, progress: bool = True
 ) -> dict:
     """Run the trials not finished yet; returns counts by status."""
     out = Path(out_dir)
     executor = EXECUTORS[cfg.executor.name]
+    dirs = {t.id: trial_dir(out, t) for t in cfg.trials}  # before anything is written
     with ResultsStore(out / "results.duckdb") as store:
         for t in cfg.trials:
             store.add_pending(cfg.name, t)
+        store.mark_stale(cfg.name, [t.id for t in cfg.trials])
         status = store.status()
         skip = {"done"} | (set() if retry_failed else {"failed"})
         todo = [t for t in cfg.trials if status.get(t.id) not in skip]
@@ -161,12 +178,14 @@ def run_sweep(
             store.mark_failed(trial.id, error)
             bar.update(1)
 
-        jobs = [(t, str(out / "trials" / t.id), cfg.score) for t in todo]
+        jobs = [(t, str(dirs[t.id]), cfg.score) for t in todo]
         try:
             executor(jobs, cfg.executor, lambda t: store.mark_running(t.id), on_done, on_fail)
         finally:
             bar.close()
         counts: dict[str, int] = {}
-        for s in store.status().values():
-            counts[s] = counts.get(s, 0) + 1
+        current = {t.id for t in cfg.trials}
+        for tid, s in store.status().items():
+            if tid in current:
+                counts[s] = counts.get(s, 0) + 1
     return counts

@@ -7,14 +7,20 @@ Layout of ``<out>/checkpoints/``::
     step-000200/optimizer.json         param groups and non-tensor state
     step-000200/rng.safetensors        torch CPU generator state (uint8 tensor)
     step-000200/state.json             step, python RNG state, trainer bookkeeping
+    step-000200/checksums.json         sha256 of every other file of the checkpoint
     latest                             the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder, fsynced and renamed; only then is ``latest`` replaced
 (write + ``os.replace``). A process killed at any moment leaves ``latest`` naming a complete checkpoint.
+
+Disks still damage files after the fact: :func:`verify_checkpoint` compares every file against
+``checksums.json``, and :func:`intact_checkpoints` lists the checkpoints that pass, newest first, so a
+resume falls back to the newest intact one (the trainer keeps ``train.keep_checkpoints`` of them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -26,6 +32,16 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
+FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,6 +107,8 @@ def save_checkpoint(
     py_state = random.getstate()
     full = {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
     (tmp / "state.json").write_text(json.dumps(full))
+    sums = {f: _sha256(tmp / f) for f in FILES}
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -103,6 +121,7 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names (not verified: see :func:`intact_checkpoints`)."""
     pointer = root / LATEST
     if not pointer.exists():
         return None
@@ -110,15 +129,91 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file of checkpoint ``path`` matches its checksum, else what is wrong (naming the file).
+
+    A checkpoint written before checksums existed (no ``checksums.json``) is accepted when its files are
+    present; its tensors are still checked for finiteness when loaded."""
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        return f"{path / missing[0]} is missing"
+    sums_path = path / CHECKSUMS
+    if not sums_path.is_file():
+        return None
+    try:
+        sums = json.loads(sums_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return f"{sums_path} is corrupt"
+    for name in FILES:
+        if sums.get(name) != _sha256(path / name):
+            return f"{path / name} does not match its checksum (corrupt)"
+    return None
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Every complete checkpoint folder under ``root``, newest first (temporary folders excluded)."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def intact_checkpoints(root: Path) -> tuple[list[Path], list[str]]:
+    """(checkpoints that pass :func:`verify_checkpoint`, newest first; one message per damaged one)."""
+    good: list[Path] = []
+    bad: list[str] = []
+    for path in checkpoints(root):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            good.append(path)
+        else:
+            bad.append(problem)
+    return good, bad
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file cannot be read or holds non-finite numbers; the message names the file."""
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise CorruptCheckpoint(f"{path} cannot be read ({type(e).__name__}: {e})") from e
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CorruptCheckpoint(f"{path} holds non-finite values in {key!r} (corrupt)")
+    return tensors
+
+
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
-    """Restore weights, optimizer, and both RNGs from ``path``; returns the saved trainer state."""
+    """Restore weights, optimizer, and both RNGs from ``path``; returns the saved trainer state.
+
+    Raises :class:`CorruptCheckpoint` (naming the file) for a file that cannot be read or holds NaN/inf:
+    a damaged optimizer state would otherwise surface steps later as a non-finite loss. Everything is read
+    and checked before the model or optimizer is touched."""
+    weights = _load_tensors(path / "model.safetensors")
+    opt_tensors: dict[str, torch.Tensor] = {}
+    meta: dict = {}
+    if opt is not None:
+        opt_tensors = _load_tensors(path / "optimizer.safetensors")
+        try:
+            meta = json.loads((path / "optimizer.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptCheckpoint(f"{path / 'optimizer.json'} is corrupt ({e})") from e
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptCheckpoint(f"{path / 'state.json'} is corrupt ({e})") from e
+    rng = _load_tensors(path / "rng.safetensors")
+    del weights  # read only to check it; load_model handles tied weights
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
     del missing, unexpected
     if opt is not None:
-        meta = json.loads((path / "optimizer.json").read_text())
-        load_optimizer(opt, load_file(str(path / "optimizer.safetensors")), meta)
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
-    state = json.loads((path / "state.json").read_text())
+        try:
+            load_optimizer(opt, opt_tensors, meta)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CorruptCheckpoint(f"{path / 'optimizer.json'} does not fit this optimizer ({e})") from e
+    torch.set_rng_state(rng["torch"])
     version, internal, gauss = state.pop("python_rng")
     random.setstate((version, tuple(internal), gauss))
     return state

@@ -7,6 +7,7 @@ Every section is a small frozen dataclass; :func:`from_dict` builds one from a m
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,20 +183,93 @@ def _keys(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
 
+# (dotted key, low, high, low included, high included); None: unbounded on that side
+RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
+    ("model.n_layers", 1, None, True, False),
+    ("model.d_model", 1, None, True, False),
+    ("model.d_ffn", 1, None, True, False),
+    ("model.n_heads", 1, None, True, False),
+    ("model.dropout", 0.0, 1.0, True, False),
+    ("model.context", 2, None, True, False),
+    ("data.n_sentences", 1, None, True, False),
+    ("data.val_fraction", 0.0, 0.5, False, False),
+    ("data.tokenizer.vocab_size", 8, None, True, False),
+    ("data.tokenizer.min_frequency", 1, None, True, False),
+    ("data.world.n_subjects", 1, None, True, False),
+    ("data.world.n_relations", 1, None, True, False),
+    ("data.world.n_objects", 1, None, True, False),
+    ("data.world.held_out_templates", 0, None, True, False),
+    ("data.world.zipf", 0.0, None, True, False),
+    ("data.world.syllables", 1, None, True, False),
+    ("data.pararel.limit", 1, None, True, False),
+    ("data.pararel.held_out_templates", 0, None, True, False),
+    ("data.text.share", 0.0, 1.0, False, True),
+    ("train.steps", 1, None, True, False),
+    ("train.batch_size", 1, None, True, False),
+    ("train.seq_len", 2, None, True, False),
+    ("train.lr", 0.0, None, False, False),
+    ("train.min_lr_ratio", 0.0, 1.0, True, True),
+    ("train.warmup", 0, None, True, False),
+    ("train.weight_decay", 0.0, None, True, False),
+    ("train.grad_clip", 0.0, None, True, False),
+    ("train.log_every", 1, None, True, False),
+    ("train.eval_every", 1, None, True, False),
+    ("train.eval_batches", 1, None, True, False),
+    ("train.checkpoint_every", 1, None, True, False),
+    ("train.keep_checkpoints", 1, None, True, False),
+]
+
+
+def allowed(lo: float | None, hi: float | None, lo_in: bool = True, hi_in: bool = False) -> str:
+    """A range in words: ``>= 1``, ``> 0``, ``in [0, 1)``."""
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo}"
+    if lo is None:
+        return f"{'<=' if hi_in else '<'} {hi}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def check_range(
+    where: str, value: float, lo: float | None, hi: float | None, lo_in: bool = True, hi_in: bool = False
+) -> None:
+    """Raise a one-line LegibilityError naming ``where`` when ``value`` is NaN/inf or outside the range."""
+    ok = math.isfinite(value)
+    if ok and lo is not None:
+        ok = value >= lo if lo_in else value > lo
+    if ok and hi is not None:
+        ok = value <= hi if hi_in else value < hi
+    if not ok:
+        raise LegibilityError(
+            f"{where} = {value!r} is out of range; allowed: {allowed(lo, hi, lo_in, hi_in)}"
+        )
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return None
+        node = getattr(node, part)
+    return node
+
+
 def check_run(cfg: RunConfig) -> None:
-    """Cross-field checks that single fields cannot express."""
+    """Range checks of every numeric field and cross-field checks that single fields cannot express."""
+    for key, lo, hi, lo_in, hi_in in RANGES:
+        value = _get(cfg, key)
+        if value is not None:  # an absent optional section (data.pararel: null)
+            check_range(key, value, lo, hi, lo_in, hi_in)
     m, t = cfg.model, cfg.train
     if m.d_model % m.n_heads:
         raise LegibilityError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     if t.seq_len > m.context:
         raise LegibilityError(f"train.seq_len ({t.seq_len}) must be <= model.context ({m.context})")
-    for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every"):
-        if getattr(t, key) < 1:
-            raise LegibilityError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if len(t.betas) != 2:
         raise LegibilityError(f"train.betas must be two numbers, got {t.betas}")
+    for i, b in enumerate(t.betas):
+        check_range(f"train.betas[{i}]", b, 0.0, 1.0)
     d = cfg.data
     if d.world is None and d.pararel is None and d.text is None:
         raise LegibilityError("data: give at least one source (world, pararel or text)")
-    if not 0.0 < d.val_fraction < 0.5:
-        raise LegibilityError(f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
+    if d.text is not None and not d.text.dir:
+        raise LegibilityError("data.text.dir: give the folder of .txt files (or data.text: null)")

@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,13 @@ from legibility.facts.render import render
 from legibility.forward import predict
 from legibility.models.loading import LoadedModel
 from legibility.models.sites import Sites
-from legibility.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from legibility.training.checkpoint import (
+    CorruptCheckpoint,
+    intact_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from legibility.training.config import RunConfig, check_run
 from legibility.training.corpus import Corpus, build_corpus
 from legibility.training.model import build_model
@@ -107,38 +115,72 @@ class Trainer:
         )
         self.step = 0
         self.last: dict = {}
+        self._write_config()
 
     # ---------------------------------------------------------------- bookkeeping
 
     def _check_config(self) -> None:
+        """Refuse a folder holding a run with another config, naming the keys that differ."""
         path = self.out / "config.json"
-        resolved = dataclasses.asdict(self.cfg)
-        if path.exists():
-            if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
-                raise LegibilityError(
-                    f"{self.out} holds a run with a different config ({path}); use a new --out folder, or the "
-                    "same config to resume it"
-                )
-        else:
-            path.write_text(json.dumps(resolved, indent=2))
+        if not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
+        new = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
+        if old != new:
+            diff = config_diff(old, new)
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:5])
+            more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+            raise LegibilityError(
+                f"{self.out} holds a run with a different config ({shown}{more}); use a new --out folder, or "
+                "the same config to resume it"
+            )
+
+    def _write_config(self) -> None:
+        """Written once setup succeeded, so a config that fails to start never locks the folder."""
+        path = self.out / "config.json"
+        if not path.exists():
+            tmp = path.with_name(".config.json.tmp")
+            tmp.write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2), encoding="utf-8")
+            os.replace(tmp, path)
 
     def _log(self, record: dict) -> None:
         with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out / "checkpoints")
-        if ckpt is None:
+        root = self.out / "checkpoints"
+        good, bad = intact_checkpoints(root)
+        for problem in bad:
+            warnings.warn(f"skipping a damaged checkpoint: {problem}", RuntimeWarning, stacklevel=3)
+        state = None
+        for ckpt in good:
+            try:
+                state = load_checkpoint(ckpt, self.model, self.optimizer)
+            except CorruptCheckpoint as e:
+                warnings.warn(f"skipping a damaged checkpoint: {e}", RuntimeWarning, stacklevel=3)
+                bad.append(str(e))
+                continue
+            if ckpt != latest_checkpoint(root) or bad:
+                warnings.warn(
+                    f"resuming from {ckpt}, the newest intact checkpoint (newer ones are damaged)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            break
+        if state is None:
+            if bad:
+                raise LegibilityError(
+                    f"every checkpoint in {root} is damaged ({bad[0]}); delete {root} to train from "
+                    "step 0, or use a new --out folder"
+                )
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return
-        state = load_checkpoint(ckpt, self.model, self.optimizer)
         self.step = int(state["step"])
         self.last = state.get("last", {})
-        # Drop metrics logged after the checkpoint: they are recomputed identically.
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] < self.step]
-            path.write_text("".join(ln + "\n" for ln in lines))
+        repair_metrics(self.out / "metrics.jsonl", self.step)
 
     def checkpoint(self) -> Path:
         state = {"last": self.last, "config": dataclasses.asdict(self.cfg)}
@@ -258,6 +300,60 @@ class Trainer:
         self.corpus.tokenizer.save_pretrained(target)  # type: ignore[attr-defined]
         (target / "final.json").write_text(json.dumps({"step": self.step, **self.last}, indent=2))
         return target
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two config mappings differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += config_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def repair_metrics(path: Path, step: int) -> None:
+    """Make ``metrics.jsonl`` consistent with a resume at ``step``.
+
+    Lines logged at or after ``step`` are dropped (the resumed run logs them again, identically). A torn
+    last line (a kill in the middle of a write) is cut off with a warning; an unreadable line elsewhere is
+    moved to ``metrics.jsonl.corrupt`` with a warning, never taking the later lines with it."""
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    parts = raw.split(b"\n")
+    kept: list[str] = []
+    quarantined: list[bytes] = []
+    for i, part in enumerate(parts):
+        if not part.strip():
+            continue
+        last = i == len(parts) - 1  # no newline after it: the write was cut short
+        try:
+            record = json.loads(part.decode("utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no integer step")
+        except ValueError:
+            if last:
+                warnings.warn(
+                    f"{path}: cut off a torn last line ({len(part)} bytes) left by an interrupted write",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            else:
+                quarantined.append(part)
+            continue
+        if record["step"] < step:
+            kept.append(json.dumps(record))
+    if quarantined:
+        aside = path.with_name(path.name + ".corrupt")
+        with aside.open("ab") as f:
+            f.write(b"".join(q + b"\n" for q in quarantined))
+        warnings.warn(
+            f"{path}: moved {len(quarantined)} unreadable line(s) to {aside}", RuntimeWarning, stacklevel=4
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _load_tokenizer(path: Path):
