@@ -1,0 +1,84 @@
+"""Choose the device and dtype a model runs in, once, at load time.
+
+Every tensor the package creates afterwards goes on the model's device (``lm.device``); float32 is the
+default dtype, and reduced precision is recorded in the run's settings (``lm.dtype``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from legibility.errors import LegibilityError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise LegibilityError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LegibilityError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LegibilityError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise LegibilityError(f"device {device!r} asked for, but MPS is not available; use --device cpu")
+    elif dev.type != "cpu":
+        raise LegibilityError(f"unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (a torch.dtype passes through)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise LegibilityError(f"unsupported dtype {dtype}; use one of {sorted(DTYPES)}")
+        return dtype
+    key = dtype.strip().lower().removeprefix("torch.")
+    key = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(key, key)
+    if key not in DTYPES:
+        raise LegibilityError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` for a command that runs a model (pass them on to ``load_model``)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="model dtype; anything but float32 gives approximate scores, recorded as such "
+        "(default: %(default)s)",
+    )
+
+
+def free_memory(device: torch.device, cpu_budget: int = 2 << 30) -> int:
+    """Bytes a computation may use on ``device``: free CUDA memory, else a fixed budget (CPU, MPS)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return cpu_budget
