@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from legibility.devices import add_device_args
 from legibility.errors import LegibilityError
 from legibility.metrics.scorecard import HEADLINE
 
@@ -58,6 +59,7 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +170,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
     METHODS[args.method]  # unknown method: clear error before any work
     metric_names = _metric_names(args) if score else []
     facts = _load_facts(args)
-    lm = load_model(args.model, site=args.site)
+    lm = load_model(args.model, site=args.site, device=args.device, dtype=args.dtype)
     if args.facts:
         _check_user_facts(lm, facts, args.multi_token)
     settings = {

@@ -39,7 +39,7 @@ def erase_vector(lm: LoadedModel, mode: EraseMode, embedding: Embedding = "input
     """The value vector [d_model] an erased neuron gets."""
     d_model = value_matrix(lm, 0).shape[1]
     if mode == "zero":
-        return torch.zeros(d_model)
+        return torch.zeros(d_model, device=lm.device)
     if mode == "unk":
         unk = getattr(lm.tokenizer, "unk_token_id", None)
         if unk is None:

@@ -64,10 +64,10 @@ def perplexity(lm: LoadedModel, text: str = SAMPLE_TEXT, max_tokens: int = 64) -
         if not rows:
             raise LegibilityError("the text gives no tokens to measure perplexity on")
         width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=lm.device)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, device=lm.device), 1
         logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [rows, pos-1, vocab]
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # [rows, pos-1]
         nll = torch.nn.functional.cross_entropy(
@@ -80,11 +80,11 @@ def perplexity(lm: LoadedModel, text: str = SAMPLE_TEXT, max_tokens: int = 64) -
         positions = [t for t in range(len(r)) if r[t] not in specials]
         if not positions:
             continue
-        ids = torch.tensor([r]).repeat(len(positions), 1)  # [n, pos]: row j masks position positions[j]
-        idx = torch.arange(len(positions))
+        ids = torch.tensor([r], device=lm.device).repeat(len(positions), 1)  # [n, pos]: row j masks position positions[j]
+        idx = torch.arange(len(positions), device=lm.device)
         ids[idx, positions] = int(lm.tokenizer.mask_token_id)  # type: ignore[attr-defined]
         logits = lm.model(input_ids=ids).logits[idx, positions].float()  # [n, vocab]
-        gold = torch.tensor([r[t] for t in positions])
+        gold = torch.tensor([r[t] for t in positions], device=lm.device)
         nll_sum += float(torch.nn.functional.cross_entropy(logits, gold, reduction="sum"))
         count += len(positions)
     if count == 0:
@@ -286,7 +286,7 @@ class EditEvaluator:
     def _locality(self, fact_id: str) -> dict:
         out: dict = {}
         if self.same_before is not None:
-            keep = torch.tensor([fid != fact_id for fid, _ in self.same])
+            keep = torch.tensor([fid != fact_id for fid, _ in self.same], device=self.lm.device)
             after = predict(self.lm, [q for _, q in self.same])
             same = (after.top == self.same_before.top)[keep]
             out["locality_same"] = float(same.float().mean()) if len(same) else None

@@ -103,10 +103,10 @@ def _read(lm: LoadedModel, rows: list[list[int]], layer: int, index: int, batch_
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long, device=lm.device)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(chunk):
-            ids[i, : len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r, device=lm.device)
             mask[i, : len(r)] = 1
         store: dict[str, Tensor] = {}
 
