@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from helpers import FAMILIES, MASKED, tiny_facts, tiny_lm
-from legibility.attribution import METHODS, AttributionConfig, attribute, attribute_prompts, engine
+from legibility.attribution import (
+    METHODS,
+    AttributionConfig,
+    attribute,
+    attribute_facts,
+    attribute_prompts,
+    engine,
+)
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.facts.types import PromptQueries, Query
@@ -216,3 +223,14 @@ def test_reduced_precision_methods_are_labelled_approximate():
     bf16 = attribute(lm, qs, "ig-bf16", CFG)
     err = float((bf16 - exact).abs().max() / exact.abs().max())
     assert 0 < err < 0.2, err  # close, but not equal: bfloat16 keeps 8 bits of mantissa
+
+
+def test_attribute_facts_splits_one_packed_call_per_fact():
+    lm = tiny_lm("llama")
+    facts = [render(lm, f).prompts for f in tiny_facts()[:3]]
+    got = attribute_facts(lm, facts, "ig", CFG)
+    assert [g.shape[0] for g in got] == [len(p) for p in facts]
+    for g, prompts in zip(got, facts, strict=True):
+        assert_close(g, attribute_prompts(lm, prompts, "ig", CFG))
+    with pytest.raises(LegibilityError, match="no prompts"):
+        attribute_facts(lm, [[]])

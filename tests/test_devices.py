@@ -288,3 +288,25 @@ def test_meta_default_device_catches_a_planted_bare_factory(planted_regression):
     lm = tiny_lm("llama")
     with pytest.raises((RuntimeError, NotImplementedError)), default_device_meta():
         attribute(lm, queries(lm), "grad-x-act", dataclasses.replace(CFG))
+
+
+# ----------------------------------------------------------------------------- on a GPU, when there is one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_cuda_scores_equal_cpu_scores(family):
+    from legibility import load_model
+
+    cpu = tiny_lm(family)
+    qs = queries(cpu)
+    expected = {m: attribute(cpu, qs, m, CFG) for m in ("ig", "ig-reference", "grad-x-act")}
+    gpu = load_model(cpu.model, cpu.tokenizer, device="cuda")
+    assert gpu.device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for method, ref in expected.items():
+        got = attribute(gpu, qs, method, CFG)
+        assert got.device.type == "cuda"
+        assert (got.cpu() - ref).abs().max() <= 1e-5 * ref.abs().max(), method
+    for method in METHODS:
+        attribute(gpu, qs, method, CFG)
