@@ -198,6 +198,12 @@ def versus_knowledge_neurons(name: str, model, tok, pool: list[Query], args, pea
     kn_per = statistics.mean(t_kn_all)
     batch_flops = fast_flops(lm, batch, args.steps)
     achieved = batch_flops / t_batch / 1e9
+    batch_ratio = kn_flops(lm, batch, args.steps) / batch_flops
+    print(
+        f"prompt lengths: timed alone {statistics.mean(len(q.input_ids) for q in queries):.1f} tokens, "
+        f"batch {statistics.mean(len(q.input_ids) for q in batch):.1f}; analytic FLOP ratio over the batch "
+        f"{batch_ratio:.1f}x"
+    )
     print(
         f"per prompt: knowledge-neurons {kn_per:.3f} s, ig alone {statistics.mean(t_ig_all):.3f} s "
         f"({kn_per / statistics.mean(t_ig_all):.1f}x), ig in a batch of {len(batch)} {t_batch / len(batch):.4f} s "

@@ -234,3 +234,21 @@ def test_attribute_facts_splits_one_packed_call_per_fact():
         assert_close(g, attribute_prompts(lm, prompts, "ig", CFG))
     with pytest.raises(LegibilityError, match="no prompts"):
         attribute_facts(lm, [[]])
+
+
+def test_out_of_memory_halves_the_chunk_and_keeps_the_scores(monkeypatch):
+    lm = tiny_lm("llama")
+    qs = queries_of(lm, 2)
+    expected = attribute(lm, qs, "ig", CFG)
+    real = engine.rows_logits
+    sizes = []
+
+    def tight(lm, tail, pack, layers, points, row_query=None):
+        sizes.append(len(layers))
+        if len(layers) > 4:
+            raise torch.cuda.OutOfMemoryError("planted")
+        return real(lm, tail, pack, layers, points, row_query)
+
+    monkeypatch.setattr(engine, "rows_logits", tight)
+    assert_close(attribute(lm, qs, "ig", dataclasses.replace(CFG, max_rows=16)), expected, rel=1e-6)
+    assert sizes[0] == 16 and max(s for s in sizes if s <= 4) == 4

@@ -114,16 +114,26 @@ def _pack_gradients(
     row_alpha = alphas.repeat(len(pairs))
     layer_t = torch.tensor(row_layer, dtype=torch.long, device=device)
     grads = torch.empty(len(row_layer), lm.sites.n_neurons, device=device)
-    size = config.max_rows if config.pack_queries <= 0 else engine.chunk_rows(lm, pack, config.max_rows)
-    for start in range(0, len(row_layer), size or config.batch_size):
-        sl = slice(start, start + (size or config.batch_size))
-        points = row_alpha[sl, None] * pack.acts[row_query[sl], layer_t[sl]]  # [rows, n_neurons]
-        points.requires_grad_(True)
-        with torch.enable_grad():
-            logits = engine.rows_logits(lm, tail, pack, row_layer[sl], points, row_query[sl])
-            targets = torch.tensor([queries[q].target_id for q in row_query[sl].tolist()], device=device)
-            probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0]
-            (grads[sl],) = torch.autograd.grad(probs.sum(), points)
+    row_target = torch.tensor([q.target_id for q in queries], dtype=torch.long, device=device)[row_query]
+    size = engine.chunk_rows(lm, pack, config.max_rows)
+    start = 0
+    while start < len(row_layer):
+        sl = slice(start, start + size)
+        try:
+            points = row_alpha[sl, None] * pack.acts[row_query[sl], layer_t[sl]]  # [rows, n_neurons]
+            points.requires_grad_(True)
+            with torch.enable_grad():
+                logits = engine.rows_logits(lm, tail, pack, row_layer[sl], points, row_query[sl])
+                probs = logits.float().softmax(-1).gather(1, row_target[sl, None])[:, 0]
+                (grads[sl],) = torch.autograd.grad(probs.sum(), points)
+        except torch.cuda.OutOfMemoryError:
+            # the memory estimate was too optimistic for this device: halve the chunk and go on
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            torch.cuda.empty_cache()
+            continue
+        start += size
     per_pair = grads.view(len(pairs), steps, -1)
     out = []
     for q in range(len(queries)):
