@@ -46,7 +46,7 @@ test: lint $(BROWSER)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/attribution.py --prompts 3 --smollm-prompts 2 --facts 1
+	$(PY) bench/attribution.py --device cpu --kn-prompts 1 --batch 8 --facts 4
 	$(PY) bench/training.py
 
 test-fast: $(STAMP)

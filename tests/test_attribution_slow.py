@@ -76,3 +76,27 @@ def test_fast_all_layers_finds_top_neuron_where_reference_does(smollm):
     grads = _layer_gradients(smollm, q, layer, CFG.alphas()[:, None] * acts[layer], CFG.batch_size)
     ref = acts[layer] * (CFG.weights()[:, None] * grads).sum(0)
     assert (scores[layer] - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_packed_engine_equals_per_query_engine_on_smollm_float64(smollm64):
+    """Paraphrases of different lengths packed in one call, chunks mixing them, rows starting at the site:
+    the same scores as the engine that ran one query at a time (float64: only rounding differs)."""
+    from legibility.facts.render import render
+    from legibility.facts.types import Fact
+
+    fact = Fact(
+        "Germany",
+        "P36",
+        "Berlin",
+        (
+            "The capital of Germany is [Y].",
+            "Germany's capital city is [Y].",
+            "The capital city of Germany is [Y].",
+        ),
+    )
+    qs = [p.queries[0] for p in render(smollm64, fact).prompts]
+    assert len({len(q.input_ids) for q in qs}) > 1
+    packed = attribute(smollm64, qs, "ig", AttributionConfig(steps=3, max_rows=50))
+    per_query = attribute(smollm64, qs, "ig-per-query", AttributionConfig(steps=3))
+    for a, b in zip(packed, per_query, strict=True):
+        assert (a - b).abs().max() <= 1e-9 * b.abs().max()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from legibility.devices import add_device_args
 from legibility.errors import LegibilityError
 
 # Cheap independent metrics computed by default (no extra attribution runs).
@@ -139,6 +140,7 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=POSITIVE, default=None, help="Ray workers (default: one per GPU, else per CPU)"
     )
+    add_device_args(p)
 
 
 def build_parser(light: bool = False) -> argparse.ArgumentParser:
@@ -239,6 +241,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
         metrics=tuple(metric_names),
         multi_token=args.multi_token,
         seed=args.seed,
+        dtype=args.dtype,
     )
     result = run(
         settings,
@@ -247,6 +250,7 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
         force=args.force,
         progress=not args.no_progress,
         shard=shard,
+        device=args.device,
         log=print,
     )
     if not result.facts:

@@ -22,17 +22,19 @@ class Batch:
 
 
 def make_batch(lm: LoadedModel, queries: Sequence[Query]) -> Batch:
+    """Right-padded batch of the queries, on the model's device."""
     pad = getattr(lm.tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
     width = max(len(q.input_ids) for q in queries)
-    ids = torch.full((len(queries), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(queries), width), dtype=torch.long)
-    for i, q in enumerate(queries):
-        ids[i, : len(q.input_ids)] = torch.tensor(q.input_ids)
-        mask[i, : len(q.input_ids)] = 1
-    positions = torch.tensor([q.answer_pos for q in queries], dtype=torch.long)
-    targets = torch.tensor([q.target_id for q in queries], dtype=torch.long)
-    return Batch(ids, mask, positions, targets)
+    rows = [list(q.input_ids) + [pad] * (width - len(q.input_ids)) for q in queries]
+    masks = [[1] * len(q.input_ids) + [0] * (width - len(q.input_ids)) for q in queries]
+    device = lm.device
+    return Batch(
+        torch.tensor(rows, dtype=torch.long, device=device),
+        torch.tensor(masks, dtype=torch.long, device=device),
+        torch.tensor([q.answer_pos for q in queries], dtype=torch.long, device=device),
+        torch.tensor([q.target_id for q in queries], dtype=torch.long, device=device),
+    )
 
 
 @contextlib.contextmanager
@@ -92,7 +94,7 @@ def answer_activations(lm: LoadedModel, queries: Sequence[Query], batch_size: in
         batch = make_batch(lm, queries[start : start + batch_size])
         with lm.sites.record() as store:
             answer_logits(lm, batch)
-        rows = torch.arange(batch.input_ids.shape[0])
+        rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
         out.append(
             torch.stack([store[layer][rows, batch.positions] for layer in range(lm.sites.n_layers)], 1)
         )

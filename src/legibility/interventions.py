@@ -70,7 +70,7 @@ class Intervention:
             if self.where == "answer" and positions is None:
                 stack.enter_context(_track_answer_positions(lm, state))
             fns = {
-                layer: self._patch_fn(torch.tensor(idx, dtype=torch.long), state)
+                layer: self._patch_fn(torch.tensor(idx, dtype=torch.long, device=lm.device), state)
                 for layer, idx in self.neurons.items()
                 if idx
             }
@@ -112,7 +112,9 @@ def _track_answer_positions(lm: LoadedModel, state: dict[str, Tensor | None]) ->
         else:
             am = kwargs.get("attention_mask")
             state["pos"] = (
-                (am.sum(-1) - 1) if am is not None else torch.full((ids.shape[0],), ids.shape[1] - 1)
+                (am.sum(-1) - 1)
+                if am is not None
+                else torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
             )
         return
 

@@ -101,6 +101,7 @@ class RunSettings:
     metrics: tuple[str, ...] = ()  # independent metrics added to the scorecard
     multi_token: bool = False  # allow multi-token targets (gold continuation)
     seed: int = 0  # fact sampling, random controls, metrics
+    dtype: str = "float32"  # the model's dtype; anything else gives approximate scores (keyed)
 
     def validate(self) -> None:
         """Refuse out-of-range settings with one line each (before any work)."""
@@ -410,16 +411,18 @@ def run(
     progress: bool = True,
     figures: bool = True,
     shard: ShardConfig | None = None,
+    device: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run (or resume) the whole job into ``out_dir`` and return its results.
 
-        Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
-        world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
-        ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
-        always resumes). ``shard`` spreads the neuron and effect stages over workers (Ray); it does not change the
-    result, so it is not part of the key. ``log`` receives one-line progress notes (the CLI prints
-        them). Raises :class:`LegibilityError` on bad input, before anything is written.
+            Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
+            world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
+            ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
+            always resumes). ``shard`` spreads the neuron and effect stages over workers (Ray); it does not change the
+        result, so it is not part of the key; nor is ``device`` (where ``settings.model`` is loaded: "auto", "cpu",
+    "cuda", ...), whereas ``settings.dtype`` is. ``log`` receives one-line progress notes (the CLI prints
+            them). Raises :class:`LegibilityError` on bad input, before anything is written.
     """
     settings.validate()
     out = check_writable(out_dir)
@@ -444,7 +447,9 @@ def run(
             hf_logging.disable_progress_bar()
         from legibility.models.loading import load_model
 
-        lm = load_model(settings.model, site=settings.site)
+        lm = load_model(settings.model, site=settings.site, device=device, dtype=settings.dtype)
+    if lm.precision != settings.dtype:  # a model passed in runs in its own dtype: key the run with it
+        settings = dataclasses.replace(settings, dtype=lm.precision)
     if inputs.user_file:
         check_user_facts(lm, inputs.facts, settings.multi_token)
     key = run_key(settings, facts_hash, weights_digest(lm))
@@ -515,7 +520,7 @@ def _run_locked(
         card = pipeline.write_scorecard(out, [], [], key, {})
         return RunResult(out, key, report, [], [], [], card, lm.sites.n_layers)
     check_context(lm, kept)
-    spec = ModelSpec(settings.model, settings.site)
+    spec = ModelSpec(settings.model, settings.site, dtype=settings.dtype)
     records = pipeline.find_neurons(
         lm,
         kept,

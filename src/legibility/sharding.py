@@ -45,6 +45,7 @@ class ModelSpec:
     name: str  # embedded name, local directory or .gguf file (the same path on every node), or hub id
     site: str = "ffn"  # neuron sites, as load_model's ``site``
     device: str | None = None  # None: load_model's default; Ray GPU workers use "cuda"
+    dtype: str = "float32"  # as load_model's ``dtype``
 
     def __post_init__(self) -> None:
         # Workers run in other directories: a relative local path must name the same file there.
@@ -56,9 +57,7 @@ class ModelSpec:
         from legibility.models.loading import load_model
 
         device = device or self.device
-        # device= is passed only when set, so this also works with a load_model that has no such argument.
-        extra: dict[str, Any] = {"device": device} if device else {}
-        return load_model(self.name, site=self.site, **extra)
+        return load_model(self.name, site=self.site, device=device, dtype=self.dtype)
 
 
 @dataclass(frozen=True)

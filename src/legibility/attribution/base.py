@@ -25,34 +25,44 @@ class AttributionConfig:
     # "left": alpha_i = i/m, i = 0..m-1 (paper, official code); "endpoints": linspace(0, 1, m) (EleutherAI);
     # "gauss-legendre": the m Gauss-Legendre nodes and weights on [0, 1]
     quadrature: Quadrature = "left"
-    batch_size: int = 64  # rows per forward/backward pass (memory bound, not a numerical setting)
+    batch_size: int = 64  # rows (queries for grad-x-act) per pass of ig-reference, ig-per-query, grad-x-act
+    max_rows: int | None = None  # cap on rows per chunk of the packed engine (None: free memory decides)
+    pack_queries: int = 64  # queries sharing one clean forward and its chunks in the packed engine
+    skip_to_site: bool = True  # rows of layer l start at the site inside block l (where the family allows)
     nodes: int = 6  # Gauss-Legendre nodes of the approximate "ig-gauss" method (it ignores steps)
     candidates: int = 32  # neurons that grad x activation passes to exact IG in "ig-prefilter"
 
-    def alphas(self) -> Tensor:
+    def alphas(self, device: torch.device | str | None = None) -> Tensor:
+        """Path points alpha_k [steps] (float32, on ``device``)."""
+        return self._alphas().to(device or "cpu")
+
+    def weights(self, device: torch.device | str | None = None) -> Tensor:
+        """Weight of each path point's gradient; attribution = activation * sum_k w_k grad_k."""
+        if self.quadrature == "gauss-legendre":
+            return self._gauss()[1].to(device or "cpu")
+        return torch.full((self.steps,), 1.0 / self.steps, device=device or "cpu")
+
+    def _alphas(self) -> Tensor:
         if self.steps < 1:
             raise LegibilityError(f"steps must be >= 1, got {self.steps}")
         if self.quadrature == "left":
-            return torch.arange(self.steps, dtype=torch.float32) / self.steps
+            return torch.arange(self.steps, dtype=torch.float32, device="cpu") / self.steps
         if self.quadrature == "endpoints":
-            return torch.linspace(0.0, 1.0, self.steps)
+            return torch.linspace(0.0, 1.0, self.steps, device="cpu")
         if self.quadrature == "gauss-legendre":
             return self._gauss()[0]
         raise LegibilityError(
             f"unknown quadrature {self.quadrature!r}; use 'left', 'endpoints' or 'gauss-legendre'"
         )
 
-    def weights(self) -> Tensor:
-        """Weight of each path point's gradient; attribution = activation * sum_i w_i grad_i."""
-        if self.quadrature == "gauss-legendre":
-            return self._gauss()[1]
-        return torch.full((self.steps,), 1.0 / self.steps)
-
     def _gauss(self) -> tuple[Tensor, Tensor]:
         import numpy as np
 
         x, w = np.polynomial.legendre.leggauss(self.steps)  # on [-1, 1]
-        return torch.tensor((x + 1) / 2, dtype=torch.float32), torch.tensor(w / 2, dtype=torch.float32)
+        return (
+            torch.tensor((x + 1) / 2, dtype=torch.float32, device="cpu"),
+            torch.tensor(w / 2, dtype=torch.float32, device="cpu"),
+        )
 
 
 # (lm, queries, config) -> scores [n_queries, n_layers, n_neurons]
@@ -93,3 +103,18 @@ def attribute_prompts(
         out.append(scores[i : i + k].mean(0))
         i += k
     return torch.stack(out)
+
+
+def attribute_facts(
+    lm: LoadedModel,
+    facts: Sequence[Sequence[PromptQueries]],
+    method: str = "ig",
+    config: AttributionConfig | None = None,
+) -> list[Tensor]:
+    """Per fact, scores [n_prompts, n_layers, n_neurons] of its prompts, all facts in one call: the packed
+    engine then fills its chunks with rows of many facts (what a GPU needs to be busy)."""
+    flat = [p for prompts in facts for p in prompts]
+    if not flat:
+        raise LegibilityError("no prompts to attribute")
+    scores = attribute_prompts(lm, flat, method, config)
+    return list(scores.split([len(prompts) for prompts in facts]))

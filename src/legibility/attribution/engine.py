@@ -1,15 +1,21 @@
-"""Run path points through only the transformer blocks they can change.
+"""Run path points through only the transformer blocks they can change, many queries at once.
 
 Replacing the FFN activation of layer ``l`` at the answer position changes nothing below block ``l``. So
-one clean forward records, for every block, the hidden state entering it and the arguments the HF model
-passed to it (attention mask, rotary embeddings, cache, ...). A chunk of path points, sorted by layer, then
-runs block by block: at block ``i`` the rows of layer ``i`` join the batch as copies of the recorded input
-of block ``i`` (their activation at the site is replaced by the path point), and every row already in the
-batch goes on. Each row thus runs blocks ``l..L-1`` only; one backward gives the gradients of every row.
+one clean forward of a *pack* of queries (padded; HF builds the masks and positions) records, for every
+block, the hidden state entering it, the arguments the HF model passed to it (attention mask, rotary
+embeddings, cache, ...), and where the FFN output joins the residual stream. A chunk of path-point rows,
+each a (query, layer, alpha) of any query of the pack, sorted by layer, then runs block by block: the
+rows of layer ``i`` join the batch at block ``i`` and every row already in the batch goes on; each row
+gets its own query's arguments (gathered along the batch dimension). One backward gives the gradients of
+every row of the chunk.
 
 * Causal LMs with the answer at the last token: the rows are that single token, attending to the cached
-  keys/values of the prefix (computed once per query).
-* Masked LMs (and one-token causal prompts): the rows are the whole sequence, from block ``l`` up.
+  keys/values of its own query's prefix (computed once per pack, left-padded, pad slots masked).
+* Masked LMs (and one-token causal prompts): the rows are the whole (right-padded) sequence.
+* Rows start at the site: for families whose FFN output is added to the residual stream (:attr:`Tail.
+  residual`), a row of layer ``l`` never runs the part of block ``l`` before the site (attention, norm,
+  up-projection): its block-``l`` output is the recorded residual plus the output projection of its path
+  point.
 
 We never re-implement a block: they are the HF modules, called with the arguments the model itself passed.
 What runs after the last block (final norm, head, logit soft-capping) is in :data:`TAILS`, one small row
@@ -19,17 +25,18 @@ per family; a parity test pins it against the plain HF forward for every family.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from legibility.devices import free_memory
 from legibility.facts.types import Query
 from legibility.forward import head_at, make_batch
 from legibility.models.loading import LoadedModel
-from legibility.models.sites import FAMILIES, get_path
+from legibility.models.sites import ARCHITECTURES, FAMILIES, get_path
 
 
 @dataclass(frozen=True)
@@ -41,11 +48,16 @@ class Tail:
     )
     head: str | None = None  # masked: path to the head module applied to the last hidden state
     softcap: bool = False  # logits = c * tanh(logits / c), c = config.final_logit_softcapping (Gemma 2/3)
+    # path inside a block to the module whose input is the residual stream that the FFN output is added
+    # to (block output = residual + post(output projection(site))); None: rows run their whole block l
+    residual: str | None = None
+    post: str | None = None  # path inside a block to a norm applied to the FFN output before the addition
 
 
 # One row per family, read from the architecture table (legibility.models.sites.FAMILIES).
 TAILS: dict[str, Tail] = {
-    k: Tail(norm=a.final_norm, head=a.head, softcap=a.softcap) for k, a in FAMILIES.items()
+    k: Tail(norm=a.final_norm, head=a.head, softcap=a.softcap, residual=a.ffn_residual, post=a.ffn_post)
+    for k, a in FAMILIES.items()
 }
 
 
@@ -72,15 +84,31 @@ def logits_from_hidden(lm: LoadedModel, tail: Tail, hidden: Tensor) -> Tensor:
 
 
 @dataclass
-class CleanRun:
-    """What one unmodified forward of a query leaves for the path points."""
+class Pack:
+    """What one unmodified forward of a pack of ``Q`` queries leaves for their path points."""
 
-    acts: Tensor  # [n_layers, n_neurons] FFN activations at the answer position (float32)
-    inputs: list[Tensor]  # per block: hidden state entering it [1, t, d_model] (t = 1 if cached, else T)
-    calls: list[tuple[tuple, dict]]  # per block: the (args, kwargs) the model called it with
+    queries: list[Query]
+    acts: Tensor  # [Q, n_layers, n_neurons] FFN activations at the answer positions (float32)
+    inputs: list[Tensor]  # per block: hidden state entering it [Q, t, d_model] (t = 1 if cached, else T)
+    calls: list[tuple[tuple, dict]]  # per block: the (args, kwargs) the model called it with (batch Q)
+    residual: list[Tensor] | None  # per block: the residual stream the FFN output joins [Q, t, d_model]
+    outputs: list[Tensor] | None  # per block: its clean output [Q, t, d_model] (with ``residual``)
     cache: object | None  # the cache object the blocks were called with (cached mode)
     prefix: list[dict] | None  # per layer: the state of the prefix-only cache layer (cached mode)
-    pos: int  # answer position within a row's sequence
+    pos: Tensor  # [Q] answer position within a row's sequence (0 in cached mode)
+
+    @property
+    def width(self) -> int:
+        """Tokens a row attends to (cached: prefix + answer token; else the padded sequence)."""
+        if self.cache is not None and self.prefix is not None:
+            keys = self.prefix[0].get("keys")
+            return (keys.shape[-2] if isinstance(keys, Tensor) else 0) + 1
+        return self.inputs[0].shape[1]
+
+
+def is_cached(lm: LoadedModel, query: Query) -> bool:
+    """Causal LM, answer at the last token, a prefix to cache: the rows are that token alone."""
+    return lm.kind == "causal" and query.answer_pos == len(query.input_ids) - 1 and len(query.input_ids) > 1
 
 
 def _is_cache(x: object) -> bool:
@@ -88,18 +116,37 @@ def _is_cache(x: object) -> bool:
 
 
 @contextmanager
-def _capture_blocks(blocks: nn.ModuleList) -> Iterator[list[tuple[tuple, dict]]]:
-    calls: list[tuple[tuple, dict]] = [((), {})] * len(blocks)
+def _capture_blocks(blocks: nn.ModuleList, tail: Tail | None) -> Iterator[dict[str, list]]:
+    n = len(blocks)
+    rec: dict[str, list] = {"calls": [((), {})] * n, "residual": [None] * n, "outputs": [None] * n}
 
     def capture(i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            calls[i] = (args, dict(kwargs))
+            rec["calls"][i] = (args, dict(kwargs))
+
+        return hook
+
+    def output(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: object) -> None:
+            rec["outputs"][i] = out[0] if isinstance(out, tuple) else out
+
+        return hook
+
+    def residual(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            rec["residual"][i] = args[0] if args else kwargs["hidden_states"]
 
         return hook
 
     handles = [b.register_forward_pre_hook(capture(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    if tail is not None and tail.residual is not None:
+        handles += [b.register_forward_hook(output(i)) for i, b in enumerate(blocks)]
+        handles += [
+            get_path(b, tail.residual).register_forward_pre_hook(residual(i), with_kwargs=True)  # type: ignore[attr-defined]
+            for i, b in enumerate(blocks)
+        ]
     try:
-        yield calls
+        yield rec
     finally:
         for h in handles:
             h.remove()
@@ -117,84 +164,244 @@ def cache_kwarg(lm: LoadedModel, cache: object) -> dict:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+def skips_to_site(lm: LoadedModel, tail: Tail | None) -> bool:
+    """Whether rows may start at the site: the family's FFN output joins the residual stream directly and
+    the sites are the standard ones (input of the output projection)."""
+    model_type = str(getattr(lm.model.config, "model_type", ""))
+    return (
+        tail is not None
+        and tail.residual is not None
+        and lm.sites.spec == ARCHITECTURES.get(model_type)
+        and lm.sites.spec.io == "input"
+    )
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
 @torch.no_grad()
-def clean_run(lm: LoadedModel, query: Query) -> CleanRun:
-    """Run the query once, unmodified, recording block inputs/arguments and the answer activations."""
-    sites, blocks = lm.sites, blocks_of(lm)
-    ids = torch.tensor([query.input_ids])
-    cached = lm.kind == "causal" and query.answer_pos == len(query.input_ids) - 1 and len(query.input_ids) > 1
+def clean_pack(lm: LoadedModel, queries: Sequence[Query], skip: bool | None = None) -> Pack:
+    """Run the queries once, unmodified and together, recording what their path points need.
+
+    All queries must be of one mode (:func:`is_cached` for all or for none); lengths may differ.
+    """
+    sites, blocks, device = lm.sites, blocks_of(lm), lm.device
+    tail = tail_for(lm)
+    skip = skips_to_site(lm, tail) if skip is None else skip
+    queries = list(queries)
+    cached = is_cached(lm, queries[0])
+    if any(is_cached(lm, q) != cached for q in queries):
+        raise ValueError("a pack holds only cached or only uncached queries")
     if cached:
-        out = lm.model(input_ids=ids[:, :-1], use_cache=True)
+        # Left-pad the prefixes: every answer token is then the next position, and HF builds the padding
+        # masks itself; explicit position ids keep each query's own positions.
+        width = max(len(q.input_ids) for q in queries) - 1
+        pads = [width - (len(q.input_ids) - 1) for q in queries]
+        ids = torch.tensor(
+            [[_pad_id(lm)] * p + list(q.input_ids[:-1]) for p, q in zip(pads, queries, strict=True)],
+            dtype=torch.long,
+            device=device,
+        )
+        mask = torch.tensor(
+            [[0] * p + [1] * (width - p) for p in pads], dtype=torch.long, device=device
+        )  # [Q, P]
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         prefix_cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        if min(pads) < max(pads):
+            _zero_pad_slots(prefix_cache, mask)
         cache = copy.deepcopy(prefix_cache)
         prefix = [dict(vars(layer)) for layer in prefix_cache.layers]
+        last = torch.tensor([[q.input_ids[-1]] for q in queries], dtype=torch.long, device=device)
+        full_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        last_pos = torch.tensor(
+            [[len(q.input_ids) - 1] for q in queries], dtype=torch.long, device=device
+        )  # [Q, 1]
+        zeros = torch.zeros(len(queries), dtype=torch.long, device=device)
         with (
             sites.record() as store,
-            _capture_blocks(blocks) as calls,
-            head_at(lm, torch.zeros(1, dtype=torch.long)),
+            _capture_blocks(blocks, tail if skip else None) as rec,
+            head_at(lm, zeros),
         ):
-            lm.model(input_ids=ids[:, -1:], use_cache=True, **cache_kwarg(lm, cache))
-        pos = 0
+            lm.model(
+                input_ids=last,
+                attention_mask=full_mask,
+                position_ids=last_pos,
+                use_cache=True,
+                **cache_kwarg(lm, cache),
+            )
+        pos = zeros
     else:
-        batch = make_batch(lm, [query])
+        batch = make_batch(lm, queries)
         kwargs = {"use_cache": False} if lm.kind == "causal" else {}
-        with sites.record() as store, _capture_blocks(blocks) as calls, head_at(lm, batch.positions):
+        with (
+            sites.record() as store,
+            _capture_blocks(blocks, tail if skip else None) as rec,
+            head_at(lm, batch.positions),
+        ):
             lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-        cache, prefix, pos = None, None, query.answer_pos
-    acts = torch.stack([store[layer][0, pos] for layer in range(sites.n_layers)]).float()
+        cache, prefix, pos = None, None, batch.positions
+    rows = torch.arange(len(queries), device=device)
+    acts = torch.stack([store[layer][rows, pos] for layer in range(sites.n_layers)], 1).float()
+    calls = rec["calls"]
     inputs = [args[0] if args else kw["hidden_states"] for args, kw in calls]
-    return CleanRun(acts, inputs, calls, cache, prefix, pos)
+    residual = rec["residual"] if skip else None
+    outputs = rec["outputs"] if skip else None
+    return Pack(queries, acts, inputs, calls, residual, outputs, cache, prefix, pos)
 
 
-def _call_block(block: nn.Module, call: tuple[tuple, dict], hidden: Tensor, cache: object | None) -> Tensor:
+def _zero_pad_slots(cache: object, mask: Tensor) -> None:
+    """Zero the cached keys/values of padding positions: they are masked out, but a NaN there (a fully
+    masked padding row) would still turn 0 * NaN into NaN in the attention output."""
+    pad = (mask == 0)[:, None, :, None]  # [Q, 1, P, 1]
+    for layer in cache.layers:  # type: ignore[attr-defined]
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, Tensor) and t.dim() == 4 and t.shape[-2] == pad.shape[2]:
+                setattr(layer, name, t.masked_fill(pad, 0.0))
+
+
+def clean_run(lm: LoadedModel, query: Query) -> Pack:
+    """The pack of a single query."""
+    return clean_pack(lm, [query])
+
+
+def _take(x: object, rq: Tensor, n_queries: int) -> object:
+    """Per-row copy of a recorded block argument: a tensor with the pack's batch dimension first (or 1)
+    is gathered by each row's query; tuples/lists recurse; anything else passes through."""
+    if isinstance(x, Tensor) and x.dim() >= 2:
+        if x.shape[0] == 1:
+            return x.expand(rq.shape[0], *x.shape[1:])
+        if x.shape[0] == n_queries:
+            return x.index_select(0, rq)
+        return x
+    if isinstance(x, tuple | list) and any(isinstance(v, Tensor) for v in x):
+        return type(x)(_take(v, rq, n_queries) for v in x)
+    return x
+
+
+def _call_block(
+    block: nn.Module, call: tuple[tuple, dict], hidden: Tensor, cache: object | None, rq: Tensor, n: int
+) -> Tensor:
     args, kwargs = call
     if args:
-        args = (hidden, *(cache if _is_cache(a) else a for a in args[1:]))
+        args = (hidden, *(cache if _is_cache(a) else _take(a, rq, n) for a in args[1:]))
     else:
         kwargs = {**kwargs, "hidden_states": hidden}
-    kwargs = {k: (cache if _is_cache(v) else v) for k, v in kwargs.items()}
+    kwargs = {
+        k: (v if k == "hidden_states" else cache if _is_cache(v) else _take(v, rq, n))
+        for k, v in kwargs.items()
+    }
     out = block(*args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-def _reset_cache_layer(run: CleanRun, layer: int, rows: int) -> None:
-    """Make cache layer ``layer`` hold the prefix keys/values only, for ``rows`` rows (views, no copies)."""
-    cache_layer = run.cache.layers[layer]  # type: ignore[union-attr, attr-defined]
-    state = run.prefix[layer]  # type: ignore[index]
+def _reset_cache_layer(pack: Pack, layer: int, rq: Tensor) -> None:
+    """Make cache layer ``layer`` hold, for each row, its own query's prefix keys/values only."""
+    cache_layer = pack.cache.layers[layer]  # type: ignore[union-attr, attr-defined]
+    state = pack.prefix[layer]  # type: ignore[index]
     vars(cache_layer).update(state)
+    n = len(pack.queries)
     for name in ("keys", "values"):
         t = state.get(name)
         if isinstance(t, Tensor) and t.dim() == 4:
-            setattr(cache_layer, name, t.expand(rows, -1, -1, -1))
+            setattr(cache_layer, name, t.expand(rq.shape[0], -1, -1, -1) if n == 1 else t.index_select(0, rq))
 
 
-def rows_logits(lm: LoadedModel, tail: Tail, run: CleanRun, layers: list[int], points: Tensor) -> Tensor:
-    """Logits [rows, vocab] at the answer position when row r replaces the activation of ``layers[r]``
-    (non-decreasing) at the answer position with ``points[r]`` [rows, n_neurons]; differentiable in points."""
+def _start_at_site(lm: LoadedModel, tail: Tail, pack: Pack, layer: int, rq: Tensor, points: Tensor) -> Tensor:
+    """Block ``layer``'s output [k, t, d_model] for rows whose site activation there is ``points`` [k, N]:
+    the recorded residual plus the output projection of the point (the rest of the sequence is clean)."""
+    block = blocks_of(lm)[layer]
+    proj = lm.sites.modules[layer]
+    y = proj(points.to(pack.inputs[layer].dtype)[:, None])  # [k, 1, d_model]
+    if tail.post is not None:
+        y = get_path(block, tail.post)(y)  # type: ignore[operator]
+    pos = pack.pos[rq]
+    rows = torch.arange(rq.shape[0], device=rq.device)
+    residual = pack.residual[layer].index_select(0, rq)[rows, pos]  # type: ignore[index]
+    out = pack.outputs[layer].index_select(0, rq).clone()  # type: ignore[index]
+    out[rows, pos] = residual + y[:, 0]
+    return out
+
+
+def rows_logits(
+    lm: LoadedModel,
+    tail: Tail,
+    pack: Pack,
+    layers: list[int],
+    points: Tensor,
+    row_query: Tensor | None = None,
+) -> Tensor:
+    """Logits [rows, vocab] at the answer position when row r (of query ``row_query[r]``, default 0)
+    replaces the activation of ``layers[r]`` (non-decreasing) at the answer position with ``points[r]``
+    [rows, n_neurons]; differentiable in points."""
     blocks = blocks_of(lm)
-    counts = torch.bincount(torch.tensor(layers), minlength=lm.sites.n_layers).tolist()
+    device = points.device
+    n = len(pack.queries)
+    rq_all = row_query if row_query is not None else torch.zeros(len(layers), dtype=torch.long, device=device)
+    counts = [0] * lm.sites.n_layers
+    for layer in layers:
+        counts[layer] += 1
+    skip = pack.residual is not None
     hidden: Tensor | None = None
-    pos = run.pos
+    rq = rq_all[:0]
+    offset = 0
     for i in range(layers[0], len(blocks)):
         k = counts[i]
+        new_rq, new_points = rq_all[offset : offset + k], points[offset : offset + k]
+        offset += k
         start = 0 if hidden is None else hidden.shape[0]
-        if k:
-            new = run.inputs[i].expand(k, *run.inputs[i].shape[1:])
+        if k and not skip:
+            new = pack.inputs[i].index_select(0, new_rq) if n > 1 else pack.inputs[i].expand(k, -1, -1)
             hidden = new if hidden is None else torch.cat([hidden, new])
-        assert hidden is not None
-        if run.cache is not None:
-            _reset_cache_layer(run, i, hidden.shape[0])
-        fns = {}
-        if k:
+            rq = torch.cat([rq, new_rq])
+        if hidden is not None:
+            if pack.cache is not None:
+                _reset_cache_layer(pack, i, rq)
+            fns = {}
+            if k and not skip:
+                pos = pack.pos[new_rq]
+                rows = torch.arange(start, start + k, device=device)
 
-            def replace(acts: Tensor, start: int = start, k: int = k) -> Tensor:
-                # acts [rows, t, n_neurons]; rows start..start+k begin at this layer
-                acts = acts.clone()
-                acts[start : start + k, pos] = points[start : start + k].to(acts.dtype)
-                return acts
+                def replace(
+                    acts: Tensor, rows: Tensor = rows, pos: Tensor = pos, p: Tensor = new_points
+                ) -> Tensor:
+                    # acts [rows, t, n_neurons]; rows start..start+k begin at this layer
+                    acts = acts.clone()
+                    acts[rows, pos] = p.to(acts.dtype)
+                    return acts
 
-            fns[i] = replace
-        with lm.sites.patch(fns):
-            hidden = _call_block(blocks[i], run.calls[i], hidden, run.cache)
+                fns[i] = replace
+            with lm.sites.patch(fns):
+                hidden = _call_block(blocks[i], pack.calls[i], hidden, pack.cache, rq, n)
+        if k and skip:
+            new = _start_at_site(lm, tail, pack, i, new_rq, new_points)
+            hidden = new if hidden is None else torch.cat([hidden, new])
+            rq = torch.cat([rq, new_rq])
     assert hidden is not None
-    return logits_from_hidden(lm, tail, hidden[:, pos])
+    rows = torch.arange(hidden.shape[0], device=device)
+    return logits_from_hidden(lm, tail, hidden[rows, pack.pos[rq]])
+
+
+def row_bytes(lm: LoadedModel, width: int, cached: bool) -> int:
+    """Rough bytes one (layer, alpha) row keeps for its backward, for a row that runs every block: what
+    sizes a chunk from free memory (an over-estimate: most rows run fewer blocks)."""
+    cfg = lm.model.config
+    vocab, d = lm.model.get_output_embeddings().weight.shape  # type: ignore[operator]
+    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 1)
+    t = 1 if cached else width
+    elem = max(torch.finfo(lm.dtype).bits // 8, 2)
+    # ~2x what a SmolLM2 chunk kept on the CPU (0.71 MB per row measured, rows averaging 15.5 of 30
+    # blocks; the estimate assumes all 30): safe for the CUDA allocator, which is also caught on overflow
+    per_block = t * (10 * d + 5 * lm.sites.n_neurons) + 2 * width * d + 3 * heads * t * width
+    return elem * lm.sites.n_layers * per_block + 4 * 4 * vocab
+
+
+def chunk_rows(lm: LoadedModel, pack: Pack, cap: int | None, budget_share: float = 0.5) -> int:
+    """Rows per forward/backward chunk: as many as half the free device memory holds (a fixed 2 GiB on
+    CPU), at most ``cap``."""
+    per_row = row_bytes(lm, pack.width, pack.cache is not None)
+    rows = max(1, int(budget_share * free_memory(lm.device)) // per_row)
+    return min(rows, cap) if cap is not None else rows

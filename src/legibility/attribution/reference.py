@@ -51,8 +51,8 @@ def _layer_gradients(lm: LoadedModel, query: Query, layer: int, path: Tensor, ch
 def integrated_gradients_reference(
     lm: LoadedModel, queries: Sequence[Query], config: AttributionConfig
 ) -> Tensor:
-    alphas, weights = config.alphas(), config.weights()
-    out = torch.zeros(len(queries), lm.sites.n_layers, lm.sites.n_neurons)
+    alphas, weights = config.alphas(lm.device), config.weights(lm.device)
+    out = torch.zeros(len(queries), lm.sites.n_layers, lm.sites.n_neurons, device=lm.device)
     for qi, query in enumerate(queries):
         acts = _activations(lm, query)
         for layer in range(lm.sites.n_layers):

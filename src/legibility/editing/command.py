@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from legibility.devices import add_device_args
 from legibility.errors import LegibilityError
 
 COMMANDS = ("edit", "erase", "neuron", "edit-eval")
@@ -108,6 +109,7 @@ def _collateral_args(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="PARAREL folder (default: found automatically)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_args(p)
     p.set_defaults(editing_command=p.prog.split()[-1])
 
 
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from legibility.models.loading import load_model
 
     name = args.editing_command
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if name == "neuron":
         return _neuron(lm, args)
     if name == "edit":

@@ -52,8 +52,8 @@ def _block_fn(layer_rows: list[list[tuple[int, float]]], positions: Tensor, bloc
     def fn(acts: Tensor) -> Tensor:  # [batch, pos, neurons]
         n, dev = acts.shape[-1], acts.device
         n_blocks = -(-n // block)
-        mask = torch.zeros(acts.shape[0], n_blocks, dtype=torch.bool)  # [batch, blocks]
-        gain = torch.ones(acts.shape[0], n_blocks, dtype=acts.dtype)
+        mask = torch.zeros(acts.shape[0], n_blocks, dtype=torch.bool, device="cpu")  # filled on the host
+        gain = torch.ones(acts.shape[0], n_blocks, dtype=acts.dtype, device="cpu")
         for r, electrodes in enumerate(layer_rows):
             for b, g in electrodes:
                 mask[r, b], gain[r, b] = True, g
@@ -90,7 +90,7 @@ def electrode_probs(
     cfg = config or ElectrodeConfig()
     queries = [(pi, q) for pi, p in enumerate(prompts) for q in p.queries]
     rows = [(s, pi, q) for s in range(len(electrode_sets)) for pi, q in queries]
-    probs = torch.empty(len(rows))
+    probs = torch.empty(len(rows), device="cpu")  # host-side: returned as numpy
     for start in range(0, len(rows), cfg.batch_size):
         chunk = rows[start : start + cfg.batch_size]
         batch = make_batch(lm, [q for _, _, q in chunk])
@@ -107,7 +107,7 @@ def electrode_probs(
         with lm.sites.patch(fns):
             p = answer_logits(lm, batch).float().softmax(-1)
         probs[start : start + len(chunk)] = p.gather(1, batch.targets[:, None])[:, 0]
-    per_prompt = torch.ones(len(electrode_sets), len(prompts))
+    per_prompt = torch.ones(len(electrode_sets), len(prompts), device="cpu")
     for (s, pi, _), v in zip(rows, probs.tolist(), strict=True):
         per_prompt[s, pi] *= v
     return per_prompt.mean(1).numpy()

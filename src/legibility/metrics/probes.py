@@ -78,7 +78,7 @@ def ridge_predict(x_train: Tensor, y_train: Tensor, x_test: Tensor, n_classes: i
     onehot = torch.nn.functional.one_hot(y_train, n_classes).double()  # [n, C]
     target = onehot - onehot.mean(0)  # centred: the intercept is the mean
     xt, xs = x_train.double(), x_test.double()
-    gram = xt @ xt.T + ridge * torch.eye(xt.shape[0], dtype=torch.float64)  # [n, n]
+    gram = xt @ xt.T + ridge * torch.eye(xt.shape[0], dtype=torch.float64, device=xt.device)  # [n, n]
     alpha = torch.linalg.solve(gram, target)  # [n, C]
     scores = xs @ (xt.T @ alpha) + onehot.mean(0)  # [n_test, C]
     return scores.argmax(-1)
@@ -97,7 +97,9 @@ def single_neuron_lda(
     mu = (onehot.T @ xt) / count.clamp_min(1)[:, None]  # [C, d]
     resid = xt - mu[y_train]  # [n, d]
     var = resid.pow(2).mean(0).clamp_min(1e-12)  # [d]
-    prior = torch.log(count / count.sum()).where(count > 0, torch.tensor(-torch.inf, dtype=torch.float64))
+    prior = torch.log(count / count.sum()).where(
+        count > 0, torch.tensor(-torch.inf, dtype=torch.float64, device=xt.device)
+    )
 
     def predict(x: Tensor) -> Tensor:  # x [m, d] -> [d, m]
         s = x[:, :, None] * (mu.T / var[:, None])[None] - (mu.T.pow(2) / (2 * var[:, None]))[None] + prior
@@ -117,14 +119,14 @@ def probe_accuracies(
     """Held-out correctness of the full-layer and single-neuron probes for ``acts`` [n, layers, neurons],
     integer ``labels`` [n] and fact ids ``groups`` [n] (the split unit)."""
     cfg = config or ProbeConfig()
-    y = torch.tensor(list(labels), dtype=torch.long)
+    y = torch.tensor(list(labels), dtype=torch.long, device=acts.device)
     n_classes = int(y.max()) + 1
     folds = fact_folds(list(groups), list(labels), cfg.folds, seed)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(acts.shape[1]))
-    full = torch.zeros(len(layers), len(y), dtype=torch.bool)
+    full = torch.zeros(len(layers), len(y), dtype=torch.bool, device=acts.device)
     single = torch.zeros_like(full)
     for f in sorted(set(folds.tolist())):
-        test = torch.from_numpy(folds == f)
+        test = torch.from_numpy(folds == f).to(acts.device)
         train = ~test
         for row, layer in enumerate(layers):
             x_tr, x_te = _standardize(acts[train, layer].double(), acts[test, layer].double())

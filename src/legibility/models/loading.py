@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from legibility.devices import dtype_name, parse_dtype, resolve_device
 from legibility.errors import LegibilityError
 from legibility.models.embedded import EMBEDDED, embedded_dir
 from legibility.models.gguf import find_gguf, gguf_model_dir
@@ -35,6 +36,21 @@ class LoadedModel:
     def kind(self) -> str:
         return self.sites.kind
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live: every tensor the package creates for it goes here."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (float32 unless asked otherwise)."""
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    @property
+    def precision(self) -> str:
+        """``"float32"``, ``"bfloat16"`` or ``"float16"``: what a scorecard records as the model's dtype."""
+        return dtype_name(self.dtype)
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"])  # type: ignore[operator]
 
@@ -45,7 +61,8 @@ def load_model(
     *,
     site: str = "ffn",
     spec: SiteSpec | None = None,
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
     """Load a model with its tokenizer and FFN sites.
 
@@ -54,6 +71,11 @@ def load_model(
     network), or an already loaded ``PreTrainedModel`` (then pass ``tokenizer``). ``site="eleuther"`` selects
     EleutherAI's sites (GPT-2 pre-activation) for exact comparisons; ``spec`` overrides detection for an
     architecture not in :data:`legibility.models.sites.ARCHITECTURES`.
+
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; ``dtype``:
+    ``"float32"`` (default), ``"bfloat16"``, ``"float16"``. A model loaded by name goes straight to the
+    device in that dtype (no float32 copy on the CPU first; ``None`` means ``"auto"`` and float32). A model
+    passed in stays where it is and in its dtype unless ``device``/``dtype`` are given.
 
     >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
     >>> lm.sites.n_layers, lm.sites.n_neurons  # doctest: +SKIP
@@ -68,9 +90,13 @@ def load_model(
             name_or_model,
             getattr(name_or_model.config, "_name_or_path", type(name_or_model).__name__),
         )
+        if dtype is not None:
+            model = model.to(dtype=parse_dtype(dtype))
+        if device is not None:
+            model = model.to(device=resolve_device(device))
     else:
         name = str(name_or_model)
-        model, tokenizer = _load_from(name, dtype)
+        model, tokenizer = _load_from(name, parse_dtype(dtype), resolve_device(device or "auto"))
     model.eval()  # attribution and interventions are always measured without dropout
     sites = Sites.detect(model, variant=site, spec=spec)
     # Masked LMs need [CLS]/[SEP]; causal LMs are prompted with raw text, except Gemma, which expects <bos>.
@@ -79,7 +105,7 @@ def load_model(
     return LoadedModel(model, tokenizer, sites, name, add_special)
 
 
-def _load_from(name: str, dtype: torch.dtype):
+def _load_from(name: str, dtype: torch.dtype, device: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     if name in EMBEDDED:
@@ -100,7 +126,10 @@ def _load_from(name: str, dtype: torch.dtype):
         arch = architecture(getattr(config, "model_type", ""))
         masked = arch is not None and arch.masked and not getattr(config, "is_decoder", False)
         auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-        model = auto.from_pretrained(path, dtype=dtype)
+        # device_map puts each weight on the device as it is read, in the requested dtype: a large model
+        # never exists as a float32 copy in CPU memory first.
+        placement = {} if device.type == "cpu" else {"device_map": {"": device}}
+        model = auto.from_pretrained(path, dtype=dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise LegibilityError(

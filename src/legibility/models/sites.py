@@ -47,11 +47,21 @@ class Architecture:
     masked: bool = False  # a masked LM (answer at [MASK]); loaded with AutoModelForMaskedLM
     special_tokens: bool = False  # prompts are encoded with special tokens ([CLS]/[SEP]; Gemma's <bos>)
     eleuther_site: SiteSpec | None = None  # EleutherAI's knowledge-neurons site, where it differs or exists
+    # path inside a block to the module whose input is the residual stream that the FFN output is added to
+    # (block output = residual + post(output projection(site))); None: the engine runs rows of layer l
+    # through the whole block l instead of starting them at the site (e.g. GPT-NeoX's parallel residual)
+    ffn_residual: str | None = None
+    ffn_post: str | None = None  # path inside a block to a norm applied to the FFN output before the add
 
 
 _GATED = SiteSpec("model.layers", "mlp.down_proj")
-_DECODER = Architecture(_GATED, final_norm="model.norm")
-_GEMMA = Architecture(_GATED, final_norm="model.norm", special_tokens=True)
+_DECODER = Architecture(_GATED, final_norm="model.norm", ffn_residual="post_attention_layernorm")
+_GEMMA = Architecture(
+    _GATED, final_norm="model.norm", special_tokens=True, ffn_residual="post_attention_layernorm"
+)
+_GEMMA2 = dataclasses.replace(
+    _GEMMA, softcap=True, ffn_residual="pre_feedforward_layernorm", ffn_post="post_feedforward_layernorm"
+)
 _GPT2_SITE = SiteSpec("transformer.h", "mlp.c_proj", width="n_inner")
 _BERT_SITE = SiteSpec("bert.encoder.layer", "output.dense")
 # model_type -> architecture: the one table that sites, loading and the fast attribution engine read.
@@ -61,6 +71,7 @@ FAMILIES: dict[str, Architecture] = {
     "gpt2": Architecture(
         _GPT2_SITE,
         final_norm="transformer.ln_f",
+        ffn_residual="ln_2",
         eleuther_site=SiteSpec("transformer.h", "mlp.c_fc", io="output", width="n_inner"),
     ),
     "gpt_neox": Architecture(
@@ -71,8 +82,8 @@ FAMILIES: dict[str, Architecture] = {
     "qwen2": _DECODER,
     "qwen3": _DECODER,
     "gemma": _GEMMA,
-    "gemma2": dataclasses.replace(_GEMMA, softcap=True),
-    "gemma3_text": dataclasses.replace(_GEMMA, softcap=True),
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
     "bert": Architecture(_BERT_SITE, head="cls", masked=True, special_tokens=True, eleuther_site=_BERT_SITE),
     "roberta": Architecture(
         SiteSpec("roberta.encoder.layer", "output.dense"), head="lm_head", masked=True, special_tokens=True

@@ -52,7 +52,7 @@ class SuppressabilityConfig(RegularizerConfig):
 
 
 def _row_index(batch: Batch) -> tuple[Tensor, Tensor]:
-    return torch.arange(batch.input_ids.shape[0]), batch.positions
+    return torch.arange(batch.input_ids.shape[0], device=batch.positions.device), batch.positions
 
 
 def _answer_p(lm: LoadedModel, batch: Batch) -> Tensor:
@@ -92,7 +92,7 @@ def attributions(
     if method != "ig":
         raise LegibilityError(f"unknown attribution method {method!r} for the objective; use 'gxa' or 'ig'")
     n_layers, b = lm.sites.n_layers, acts.shape[0]
-    alphas = torch.arange(steps, dtype=acts.dtype) / steps
+    alphas = torch.arange(steps, dtype=acts.dtype, device=acts.device) / steps
     # rows of the big batch: (layer l, alpha a, prompt i) -> row (l * steps + a) * b + i
     points = (alphas[None, :, None, None] * acts.transpose(0, 1)[:, None]).reshape(-1, acts.shape[-1])
     big = Batch(
@@ -105,7 +105,7 @@ def attributions(
 
     def replace(layer: int):
         def fn(a: Tensor) -> Tensor:
-            rows = torch.arange(layer * span, (layer + 1) * span)
+            rows = torch.arange(layer * span, (layer + 1) * span, device=a.device)
             a = a.clone()
             a[rows, big.positions[rows]] = points[rows].to(a.dtype)
             return a

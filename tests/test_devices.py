@@ -1,0 +1,312 @@
+"""Every tensor the package creates lives on the model's device, checked on CPU without a GPU.
+
+Two independent checks:
+
+* :class:`HostTensorGuard` intercepts every tensor factory (torch.tensor, zeros, arange, ...) and records
+  the calls made directly by package code without an explicit ``device=``: on a GPU such a tensor lands on
+  the CPU and mixes with the model's tensors (the bug of issue 13). Factories called by transformers or
+  torch internals are not ours and are not counted; a factory with a ``generator=`` takes its device from
+  the generator (host-side sampling, moved explicitly).
+* The model runs on the CPU while the *default* device is ``meta``: a bare factory anywhere on the path
+  then makes a meta tensor, and mixing it with the model's CPU tensors raises, as a CPU tensor would next
+  to a CUDA model.
+
+Both are shown to catch a planted regression: the old ``forward.make_batch`` (bare factories), compiled
+under the package's own file name and patched in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import legibility
+from helpers import tiny_facts, tiny_lm
+from legibility.attribution import METHODS, AttributionConfig, attribute, attribute_prompts
+from legibility.devices import parse_dtype, resolve_device
+from legibility.errors import LegibilityError
+from legibility.facts.render import render
+
+PACKAGE = str(Path(legibility.__file__).resolve().parent)
+FACTORIES = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.arange,
+    torch.linspace,
+    torch.logspace,
+    torch.eye,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+}
+CFG = AttributionConfig(steps=3, batch_size=8, max_rows=16)
+
+
+class HostTensorGuard(TorchFunctionMode):
+    """Records package-code tensor factories called without an explicit device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.violations: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and kwargs.get("device") is None and kwargs.get("generator") is None:
+            frame = sys._getframe(1)
+            while frame is not None and f"{Path('torch')}/" in frame.f_code.co_filename.replace("\\", "/"):
+                frame = frame.f_back  # torch's own Python wrappers
+            if frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(PACKAGE):
+                where = Path(frame.f_code.co_filename).resolve().relative_to(PACKAGE)
+                self.violations.append(f"{where}:{frame.f_lineno} torch.{func.__name__}")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_model_device_only() -> Iterator[HostTensorGuard]:
+    """Fail if package code creates a tensor without saying where (the model's device)."""
+    guard = HostTensorGuard()
+    with guard:
+        yield guard
+    assert not guard.violations, "tensors created without device=: " + ", ".join(
+        sorted(set(guard.violations))
+    )
+
+
+@contextlib.contextmanager
+def default_device_meta() -> Iterator[None]:
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+def queries(lm, n: int = 3):
+    return [p.queries[0] for f in tiny_facts()[:2] for p in render(lm, f).prompts][:n]
+
+
+# ----------------------------------------------------------------------------- device and dtype parsing
+
+
+def test_resolve_device_and_dtype():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype(None) is torch.float32
+    with pytest.raises(LegibilityError, match="unknown dtype"):
+        parse_dtype("float8")
+    with pytest.raises(LegibilityError, match="unknown device|unsupported device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LegibilityError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_load_model_places_and_records_device_and_dtype():
+    lm = tiny_lm("llama")
+    assert lm.device == torch.device("cpu") and lm.dtype is torch.float32 and lm.precision == "float32"
+    from legibility import load_model
+
+    half = load_model(lm.model, lm.tokenizer, device="cpu", dtype="bfloat16")
+    assert half.dtype is torch.bfloat16 and half.precision == "bfloat16"
+
+
+def test_load_model_by_path_loads_in_the_requested_dtype(tmp_path):
+    lm = tiny_lm("gpt2")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    from legibility import load_model
+
+    loaded = load_model(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert loaded.dtype is torch.bfloat16 and loaded.device == torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- the regression test
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_attribution_method_creates_tensors_on_the_model_device(family, method):
+    lm = tiny_lm(family)
+    qs = queries(lm)
+    with on_model_device_only():
+        attribute(lm, qs, method, CFG)
+    with default_device_meta():
+        scores = attribute(lm, qs, method, CFG)
+    assert scores.device == lm.device and scores.shape == (3, lm.sites.n_layers, lm.sites.n_neurons)
+
+
+def test_generic_engine_fallback_and_prompts_api(monkeypatch):
+    from legibility.attribution import engine
+
+    lm = tiny_lm("qwen2")
+    monkeypatch.setitem(engine.TAILS, "qwen2", None)
+    prompts = render(lm, tiny_facts()[0]).prompts
+    with on_model_device_only(), torch.no_grad():
+        attribute_prompts(lm, prompts, "ig", CFG)
+    with default_device_meta():
+        attribute_prompts(lm, prompts, "ig", CFG)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_interventions_forward_and_effects(family):
+    from legibility.forward import answer_activations, predict
+    from legibility.interventions import Intervention
+    from legibility.metrics.effects import EffectConfig, EffectRunner, prompt_probs
+
+    lm = tiny_lm(family)
+    rendered = [render(lm, f) for f in tiny_facts()]
+    qs = queries(lm)
+    inputs = lm.tokenizer(["the capital of germany is", "the capital is"], return_tensors="pt", padding=True)
+    if family == "bert":
+        inputs = lm.tokenizer(
+            ["the capital of [MASK] is", "[MASK] capital"], return_tensors="pt", padding=True
+        )
+    with on_model_device_only(), torch.no_grad():
+        predict(lm, qs)
+        answer_activations(lm, qs)
+        for op, value in (("suppress", None), ("amplify", None), ("scale", 0.5), ("set", 1.0)):
+            for where in ("answer", "all"):
+                with Intervention({1: (2, 3)}, op, value, where).apply(lm):  # type: ignore[arg-type]
+                    lm.model(**inputs)
+        prompt_probs(lm, rendered[0].prompts, Intervention({0: (1,)}, "suppress"))
+        EffectRunner(lm, rendered, EffectConfig(n_same=1, n_other=1)).fact_effects(
+            rendered[0], [(0, 1), (2, 5)]
+        )
+
+
+def test_independent_metrics():
+    from legibility.metrics.circuit import CircuitConfig
+    from legibility.metrics.electrode import ElectrodeConfig
+    from legibility.metrics.independent import MetricContext, compute_metrics
+    from legibility.metrics.probes import ProbeConfig
+
+    lm = tiny_lm("llama")
+    facts = [render(lm, f) for f in tiny_facts()]
+    records = [
+        {"fact_id": r.fact.id, "relation": r.fact.relation, "neurons": [[1, i % 3], [2, 7]], "n_prompts": 3}
+        for i, r in enumerate(facts)
+    ]
+    configs = {
+        "circuit_size": CircuitConfig(cap=4, max_facts=2),
+        "electrode": ElectrodeConfig(block=16, max_electrodes=2, candidates=2, random_draws=1, max_facts=2),
+        "probe": ProbeConfig(folds=2),
+    }
+    ctx = MetricContext(lm=lm, facts=facts, neuron_records=records, configs=configs)
+    with on_model_device_only():
+        compute_metrics(["all"], ctx)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_editing(family):
+    from legibility.editing import EditCase, EditEvaluator, EraseConfig, relation_erase, value_edit
+    from legibility.editing.evaluate import evaluate_erase, perplexity
+    from legibility.editing.memory import neuron_card
+
+    lm = tiny_lm(family)
+    rendered = [render(lm, f) for f in tiny_facts()]
+    text = "the capital of germany is berlin .\nthe city is located in italy ."
+    with on_model_device_only():
+        perplexity(lm, text)
+        with value_edit(lm, [(0, 1), (1, 2)], 5, 6).applied(lm):
+            perplexity(lm, text)
+        with relation_erase(lm, [[(0, 1)], [(0, 1), (1, 2)]], EraseConfig(top=1)).applied(lm):
+            pass
+        case = EditCase(rendered[0], "paris", [(0, 1), (1, 2)], rendered[1].prompts, rendered[2].prompts)
+        EditEvaluator(lm, [case], rendered[4:], text=text).run()
+        evaluate_erase(lm, [[(0, 1), (1, 2)], [(0, 1)]], rendered[:4], [], rendered[4:], text=text)
+        neuron_card(lm, 1, 5, [p for r in rendered for p in r.prompts])
+
+
+@pytest.mark.parametrize("method", ["gxa", "ig"])
+def test_training_suppressability_objective(method):
+    from legibility.forward import make_batch
+    from legibility.training.regularizers.suppressability import SuppressabilityConfig, suppressability_loss
+
+    lm = tiny_lm("llama")
+    cfg = SuppressabilityConfig(method=method, ig_steps=2, k=3, temperature=0.3, control=True)
+    with on_model_device_only():
+        batch = make_batch(lm, queries(lm))
+        loss = suppressability_loss(lm, batch, cfg, torch.Generator().manual_seed(0))
+        loss.backward()
+    assert loss.device == lm.device
+
+
+# ----------------------------------------------------------------------------- the test can fail
+
+OLD_MAKE_BATCH = """
+def make_batch(lm, queries):
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    width = max(len(q.input_ids) for q in queries)
+    ids = torch.full((len(queries), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(queries), width), dtype=torch.long)
+    for i, q in enumerate(queries):
+        ids[i, : len(q.input_ids)] = torch.tensor(q.input_ids)
+        mask[i, : len(q.input_ids)] = 1
+    positions = torch.tensor([q.answer_pos for q in queries], dtype=torch.long)
+    targets = torch.tensor([q.target_id for q in queries], dtype=torch.long)
+    return Batch(ids, mask, positions, targets)
+"""
+
+
+@pytest.fixture
+def planted_regression(monkeypatch):
+    """forward.make_batch as it was before issue 13, compiled as if it were the package's own code."""
+    import legibility.forward as forward
+
+    namespace = {"torch": torch, "Batch": forward.Batch}
+    exec(compile(textwrap.dedent(OLD_MAKE_BATCH), inspect.getfile(forward), "exec"), namespace)  # noqa: S102
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("legibility") and getattr(module, "make_batch", None):
+            monkeypatch.setattr(module, "make_batch", namespace["make_batch"])
+
+
+def test_guard_catches_a_planted_bare_factory(planted_regression):
+    lm = tiny_lm("llama")
+    with (
+        pytest.raises(AssertionError, match=r"forward\.py:\d+ torch\.(full|tensor|zeros)"),
+        on_model_device_only(),
+    ):
+        attribute(lm, queries(lm), "ig-reference", CFG)
+
+
+def test_meta_default_device_catches_a_planted_bare_factory(planted_regression):
+    lm = tiny_lm("llama")
+    with pytest.raises((RuntimeError, NotImplementedError)), default_device_meta():
+        attribute(lm, queries(lm), "grad-x-act", dataclasses.replace(CFG))
+
+
+# ----------------------------------------------------------------------------- on a GPU, when there is one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_cuda_scores_equal_cpu_scores(family):
+    from legibility import load_model
+
+    cpu = tiny_lm(family)
+    qs = queries(cpu)
+    expected = {m: attribute(cpu, qs, m, CFG) for m in ("ig", "ig-reference", "grad-x-act")}
+    gpu = load_model(cpu.model, cpu.tokenizer, device="cuda")
+    assert gpu.device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for method, ref in expected.items():
+        got = attribute(gpu, qs, method, CFG)
+        assert got.device.type == "cuda"
+        assert (got.cpu() - ref).abs().max() <= 1e-5 * ref.abs().max(), method
+    for method in METHODS:
+        attribute(gpu, qs, method, CFG)
