@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import tiny_cfg
 
 from legibility import LegibilityError
@@ -30,10 +31,24 @@ def _poison(path: Path, byte: int = 0xFF, n: int = 64) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bit-identical weights need the same thread count in the reference run and the resumed one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref")
-    Trainer(tiny_cfg(**CFG), out, progress=False).fit()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(tiny_cfg(**CFG), out, progress=False).fit()
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
