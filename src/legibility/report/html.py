@@ -126,10 +126,6 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
     figures = [
         (frontier_figure(done, out / "frontier.png"), "Interpretability vs performance frontier"),
         (
-            frontier_figure(done, out / "frontier_specific.png", x_key="specific_suppressability"),
-            "Specific suppressability vs performance frontier",
-        ),
-        (
             agreement_figure(done, out / "agreement.png"),
             "Agreement between interpretability metrics across trials",
         ),
