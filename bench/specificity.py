@@ -1,6 +1,10 @@
 """Plain IG against the two attribution methods that look for specific neurons, on SmolLM2-135M + PARAREL.
 
     PYTHONPATH=src python bench/specificity.py --out runs/specificity
+    PYTHONPATH=src python bench/specificity.py --model RUN/model --config RUN.yaml --out runs/spec-trained
+
+(``--model``/``--config``: a model trained by ``legibility train`` and its config, scored on its own facts
+with every template, as the sweeps score.)
 
 For each method: knowledge neurons of the same known facts (paper thresholds), then suppression effects with
 the three control tiers and the scorecard. Subject-token neurons are suppressed at every position
@@ -45,12 +49,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="IG path points (the same for every method)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="runs/specificity")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--config", default=None, help="training run config of --model (its facts are used)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = load_model("smollm2-135m")
-    facts = load_pararel(None, args.relations.split(","), None)
+    lm = load_model(args.model)
+    if args.config:
+        from legibility.training.experiment import all_template_facts
+        from legibility.training.run_config import load_run_config
+
+        lm.add_special_tokens = False  # the trained word-level tokenizer, as the sweeps score it
+        facts = all_template_facts(load_run_config(args.config))
+    else:
+        facts = load_pararel(None, args.relations.split(","), None)
     kept = select_known(lm, facts, KnownConfig(limit=args.limit), progress=False).kept
     for r in kept:
         del r.prompts[args.prompts :]

@@ -12,7 +12,8 @@ import torch
 from helpers import tiny_facts, tiny_lm
 from legibility import AttributionConfig, LegibilityError, attribute, render
 from legibility.attribution import attribute_prompts
-from legibility.attribution.contrastive import with_contrast
+from legibility.attribution.contrastive import contrast_objective, with_contrast
+from legibility.attribution.paths import path_attribution
 from legibility.metrics.effects import EffectConfig, EffectRunner
 from legibility.metrics.scorecard import HEADLINE, effect_metrics
 from legibility.neurons import knowledge_neurons
@@ -124,6 +125,9 @@ def test_contrastive_and_subject_ig_match_the_slow_reference():
     want = slow_ig(lm, q, lambda lp: lp[q.target_id] - lp[others].logsumexp(0), q.answer_pos, 5)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert got.abs().max() > 1e-3
+    # the engine path above and the plain hook path agree
+    hooks = path_attribution(lm, q, contrast_objective(q), q.answer_pos, cfg)
+    torch.testing.assert_close(hooks, want, rtol=1e-4, atol=1e-6)
     # the subject ("germany" in "the capital of germany is") is not the last token here
     assert q.subject_pos == 3 and q.answer_pos == 4
     got = attribute(lm, [q], "ig-subject", cfg)[0]

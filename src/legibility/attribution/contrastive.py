@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from legibility.attribution.base import METHODS, AttributionConfig, MethodInfo
-from legibility.attribution.paths import Objective, path_attribution
+from legibility.attribution.paths import Objective, answer_path_attribution
 from legibility.errors import LegibilityError
 from legibility.facts.types import PromptQueries, Query, RenderedFact
 from legibility.models.loading import LoadedModel
@@ -63,9 +63,7 @@ def with_contrast(facts: Sequence[RenderedFact]) -> list[RenderedFact]:
 
 
 def contrastive_ig(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfig) -> Tensor:
-    return torch.stack(
-        [path_attribution(lm, q, contrast_objective(q), q.answer_pos, config) for q in queries]
-    )
+    return torch.stack([answer_path_attribution(lm, q, contrast_objective(q), config) for q in queries])
 
 
 METHODS.register("ig-contrastive")(

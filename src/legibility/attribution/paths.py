@@ -71,3 +71,42 @@ def path_attribution(
             total += (weights[start : start + points.shape[0], None] * g).sum(0)
         out[layer] = acts[layer] * total
     return out.cpu()
+
+
+def answer_path_attribution(
+    lm: LoadedModel, query: Query, objective: Objective, config: AttributionConfig
+) -> Tensor:
+    """:func:`path_attribution` at the answer position, on the exact engine where the family has a tail.
+
+    The engine (:mod:`legibility.attribution.engine`) runs each layer's path points through blocks >= l only
+    (causal LMs: the answer token against the cached prefix) and returns differentiable logits, so any
+    objective of them gets the speed of the default ``ig``. Families without a tail use the hooks.
+    """
+    from legibility.attribution import engine
+
+    tail = engine.tail_for(lm)
+    if tail is None:
+        return path_attribution(lm, query, objective, query.answer_pos, config)
+    alphas, weights = config.alphas(), config.weights()
+    n_layers, steps = lm.sites.n_layers, alphas.shape[0]
+    frozen = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in frozen:  # gradients w.r.t. activations only
+        p.requires_grad_(False)
+    try:
+        run = engine.clean_run(lm, query)
+        row_layer = torch.arange(n_layers).repeat_interleave(
+            steps
+        )  # row r = (layer r // steps, alpha r % steps)
+        row_alpha = alphas.repeat(n_layers).to(run.acts.device)
+        grads = torch.empty(row_layer.shape[0], lm.sites.n_neurons, device=run.acts.device)
+        for start in range(0, row_layer.shape[0], config.batch_size):
+            sl = slice(start, start + config.batch_size)
+            points = (row_alpha[sl, None] * run.acts[row_layer[sl]]).requires_grad_(True)  # [rows, n_neurons]
+            with torch.enable_grad():
+                logits = engine.rows_logits(lm, tail, run, row_layer[sl].tolist(), points)
+                (grads[sl],) = torch.autograd.grad(objective(logits.float()).sum(), points)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    w = weights.to(grads.device)[None, :, None]
+    return (run.acts * (grads.view(n_layers, steps, -1) * w).sum(1)).cpu()
