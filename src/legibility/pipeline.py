@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from legibility.attribution import AttributionConfig, attribute_prompts
+from legibility.attribution.contrastive import with_contrast
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.facts.types import Fact, RenderedFact
@@ -125,6 +126,7 @@ def find_neurons(
 ) -> list[dict]:
     """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes."""
     ncfg = neurons or NeuronConfig()
+    facts = with_contrast(facts)  # the relation's other objects, for contrastive attribution
 
     def compute(r: RenderedFact) -> dict:
         scores = attribute_prompts(lm, r.prompts, method, attribution)  # [prompts, layers, neurons]
