@@ -36,6 +36,7 @@ REGULARIZERS = {
     "sparse_connections": {"name": "sparse_connections", "coef": 0.01, "density": 0.5},
     "locality": {"name": "locality", "coef": 0.01, "swap_every": 10},
     "suppressability.gxa": {"name": "suppressability", "coef": 0.5, "facts_per_step": 16},
+    "specific_suppressability.gxa": {"name": "specific_suppressability", "coef": 0.5, "facts_per_step": 16},
     "suppressability.ig3": {
         "name": "suppressability",
         "coef": 0.5,

@@ -79,3 +79,24 @@ def test_random_control_has_same_count_per_layer_and_avoids_the_neurons():
     assert sorted(layer for layer, _ in r) == [0, 0, 3]
     assert not set(r) & set(kn)
     assert r == random_neurons(kn, 10, "seed") != random_neurons(kn, 10, "other")
+
+
+def test_specific_suppressability_and_specificity_ratios_hand_computed():
+    from legibility.metrics.scorecard import specific_scores
+
+    a = _effect("a", "P1", 0.5, 0.05, 0.5, 0.4, 1.0, same=[(0.2, 0.1, 0.2), (0.4, 0.4, 0.4)])  # own 0.9
+    b = _effect("b", "P1", 0.2, 0.0, 0.2, 0.2, 0.2, same=[(0.5, 0.0, 0.5)])  # kill switch: own 1, same 1
+    c = _effect("c", "P2", 0.4, 0.6, 0.4, 0.3, 0.6, same=[(0.5, 0.6, 0.5)])  # p rose: own drop clipped to 0
+    d = _effect("d", "P3", 0.4, 0.0, 0.4, 0.3, 0.6)  # no same-relation control: left out
+    b["same_subject"] = [{"before": 0.5, "suppress": 0.25, "amplify": 0.5}]
+    m = effect_metrics([a, b, c, d])
+    want = [0.9 * (1 - 0.25), 1.0 * (1 - 1.0), 0.0]
+    assert list(specific_scores([a, b, c, d])) == pytest.approx(want)
+    assert m["specific_suppressability"].value == pytest.approx(np.mean(want))
+    assert m["specific_suppressability"].n == 3
+    own, same = [0.9, 1.0, -0.5], [0.25, 1.0, -0.2]
+    assert m["specificity.same_relation"].value == pytest.approx(np.mean(own) / np.mean(same))
+    assert m["specificity.same_subject"].value == pytest.approx(1.0 / 0.5)
+    assert m["suppression.same_subject"].n == 1
+    assert m["specificity.other_relation"].n == 0  # no other-relation controls at all
+    assert 0.0 <= m["specific_suppressability"].ci_low <= m["specific_suppressability"].ci_high <= 1.0

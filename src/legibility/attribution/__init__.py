@@ -1,4 +1,10 @@
-from legibility.attribution import approximate, fast, reference  # noqa: F401  (register the methods)
+from legibility.attribution import (  # noqa: F401  (register the methods)
+    approximate,
+    contrastive,
+    fast,
+    reference,
+    subject,
+)
 from legibility.attribution.base import (
     METHODS,
     AttributionConfig,

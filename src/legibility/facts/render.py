@@ -31,7 +31,16 @@ def target_ids(lm: LoadedModel, before_slot: str, obj: str) -> list[int]:
     return plain
 
 
-def render_prompt(lm: LoadedModel, prompt: str, obj: str, multi_token: bool = False) -> PromptQueries | str:
+def subject_position(lm: LoadedModel, ids: list[int], text: str, subject: str | None) -> int:
+    """Index in ``ids`` (the encoding of ``text``) of the subject's last token; -1 if it cannot be found."""
+    end = text.rfind(subject) + len(subject) if subject and subject in text else -1
+    head = lm.encode(text[:end]) if end > 0 else []
+    return len(head) - 1 if head and ids[: len(head)] == head else -1
+
+
+def render_prompt(
+    lm: LoadedModel, prompt: str, obj: str, multi_token: bool = False, subject: str | None = None
+) -> PromptQueries | str:
     """Queries for one prompt of a fact, or the reason it cannot be used with this model."""
     before, _, after = prompt.partition(OBJECT)
     targets = target_ids(lm, before, obj)
@@ -44,10 +53,11 @@ def render_prompt(lm: LoadedModel, prompt: str, obj: str, multi_token: bool = Fa
             return NOT_AT_END
         text = before.rstrip()
         ids = lm.encode(text)
+        spos = subject_position(lm, ids, text, subject)
         queries = []
         for j, t in enumerate(targets):
             seq = ids + targets[:j]  # teacher-forced gold continuation
-            queries.append(Query(tuple(seq), len(seq) - 1, t))
+            queries.append(Query(tuple(seq), len(seq) - 1, t, spos))
         return PromptQueries(text, tuple(queries))
     mask = getattr(lm.tokenizer, "mask_token", None)
     if mask is None:
@@ -59,13 +69,14 @@ def render_prompt(lm: LoadedModel, prompt: str, obj: str, multi_token: bool = Fa
     mask_id = lm.tokenizer.mask_token_id  # type: ignore[attr-defined]
     if ids.count(mask_id) != 1:
         return "prompt does not encode to exactly one mask token"
-    return PromptQueries(text, (Query(tuple(ids), ids.index(mask_id), targets[0]),))
+    spos = subject_position(lm, ids, text, subject)
+    return PromptQueries(text, (Query(tuple(ids), ids.index(mask_id), targets[0], spos),))
 
 
 def render(lm: LoadedModel, fact: Fact, multi_token: bool = False) -> RenderedFact:
     out = RenderedFact(fact)
     for prompt in fact.prompts:
-        r = render_prompt(lm, prompt, fact.object, multi_token)
+        r = render_prompt(lm, prompt, fact.object, multi_token, fact.subject)
         if isinstance(r, str):
             out.skipped[r] = out.skipped.get(r, 0) + 1
         else:

@@ -100,6 +100,9 @@ class WorldConfig:
     zipf: float = 1.0  # exponent of subject popularity: mention weight of rank r is 1 / r**zipf
     syllables: int = 2  # syllables per invented name
     seed: int = 0  # everything random in the world derives from this
+    # "fact": hold out templates per fact (rotating over subjects), so a held-out template still occurs in
+    # the corpus with other subjects (a paraphrase never seen *for this fact*); "relation": never at all
+    held_out_per: str = "relation"
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class World:
     train_templates: dict[str, tuple[str, ...]]  # relation -> templates used in the corpus
     held_out_templates: dict[str, tuple[str, ...]]  # relation -> templates never in the corpus
     weights: tuple[float, ...]  # mention weight of each fact (same order as facts), sums to 1
+    fact_templates: tuple[tuple[str, ...], ...] = ()  # per-fact training templates (held_out_per="fact")
+
+    def _train(self, i: int) -> tuple[str, ...]:
+        return self.fact_templates[i] if self.fact_templates else self.train_templates[self.facts[i].relation]
 
     def sentences(self, n: int, seed: int = 0) -> list[str]:
         """``n`` corpus sentences: facts drawn by weight, each with a random training template."""
@@ -119,15 +126,15 @@ class World:
         out = []
         for i in picks:
             f = self.facts[i]
-            template = rng.choice(self.train_templates[f.relation])
+            template = rng.choice(self._train(i))
             out.append(template.replace(SUBJECT, f.subject).replace(OBJECT, f.object))
         return out
 
     def train_facts(self) -> list[Fact]:
         """The same facts prompted with their training templates (the ones seen in the corpus)."""
         return [
-            Fact(f.subject, f.relation, f.object, _fill(self.train_templates[f.relation], f.subject), f.id)
-            for f in self.facts
+            Fact(f.subject, f.relation, f.object, _fill(self._train(i), f.subject), f.id)
+            for i, f in enumerate(self.facts)
         ]
 
 
@@ -174,11 +181,18 @@ def make_world(config: WorldConfig | None = None) -> World:
     split = n_templates - cfg.held_out_templates
     train = {r: TEMPLATES[r][:split] for r in relations}
     held = {r: TEMPLATES[r][split:] for r in relations}
-    facts, weights = [], []
+    if cfg.held_out_per not in ("relation", "fact"):
+        raise LegibilityError(f"world.held_out_per must be 'relation' or 'fact', got {cfg.held_out_per!r}")
+    facts, weights, per_fact = [], [], []
     for rank, s in enumerate(subjects, 1):
         for r in relations:
             o = rng.choice(objects[r])
-            facts.append(Fact(s, r, o, _fill(held[r], s), id=f"{r}|{s}"))
+            held_r = held[r]
+            if cfg.held_out_per == "fact":  # rotate which templates this subject never sees
+                out_idx = {(rank - 1 + j) % n_templates for j in range(cfg.held_out_templates)}
+                held_r = tuple(t for k, t in enumerate(TEMPLATES[r]) if k in out_idx)
+                per_fact.append(tuple(t for k, t in enumerate(TEMPLATES[r]) if k not in out_idx))
+            facts.append(Fact(s, r, o, _fill(held_r, s), id=f"{r}|{s}"))
             weights.append(1.0 / rank**cfg.zipf)
     total = sum(weights)
-    return World(cfg, tuple(facts), train, held, tuple(w / total for w in weights))
+    return World(cfg, tuple(facts), train, held, tuple(w / total for w in weights), tuple(per_fact))

@@ -36,6 +36,8 @@ class Query:
     input_ids: tuple[int, ...]
     answer_pos: int
     target_id: int
+    subject_pos: int = -1  # last token of the subject (-1: unknown); for attribution at the subject
+    contrast_ids: tuple[int, ...] = ()  # the relation's other objects' first tokens (contrastive attribution)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ For a fact f with knowledge neurons K (paper protocol, intervention at the answe
 * own: p(correct) of f's prompts with K suppressed (x0) / amplified (x2), against the unmodified model;
 * controls on f: the same for *random* neurons (same count per layer as K, seeded by the fact) and for
   *activation-selected* neurons (the |K| neurons with the largest mean activation over f's prompts);
-* specificity: K of f suppressed / amplified, measured on other facts of the same relation and of other
-  relations.
+* specificity: K of f suppressed / amplified, measured on three control tiers of other facts: ``same``
+  (same relation, other subject), ``same_subject`` (same subject, other relation; only where the subject
+  has kept facts in other relations, else the tier is empty) and ``other`` (other relation and other
+  subject).
 
 p(correct) of a prompt is the product over its target tokens (one for single-token targets); a fact's p is
 the mean over its prompts. Relative change = (p_after - p_before) / p_before.
@@ -36,10 +38,14 @@ class EffectConfig:
     """Which control measurements accompany each fact."""
 
     n_same: int = 3  # other facts of the same relation on which the fact's neurons are tested
-    n_other: int = 3  # facts of other relations on which they are tested
+    n_other: int = 3  # facts of other relations and other subjects on which they are tested
+    n_same_subject: int = 3  # facts of the same subject in other relations (where the subject has any)
     control_prompts: int = 4  # prompts used per control fact (all prompts are used for the fact itself)
     seed: int = 0  # sampling of random neurons and control facts
     batch_size: int = 64
+    # where the neurons are intervened on: "answer" (paper protocol) or "all" positions (for neurons
+    # located at another position, e.g. the last subject token)
+    where: str = "answer"
 
 
 def prompt_probs(
@@ -94,11 +100,14 @@ class EffectRunner:
 
     def _controls(self, fact: RenderedFact) -> dict[str, list[RenderedFact]]:
         rng = random.Random(f"{self.cfg.seed}|{fact.fact.id}")
-        same = [r for r in self.pool if r.fact.relation == fact.fact.relation and r.fact.id != fact.fact.id]
-        other = [r for r in self.pool if r.fact.relation != fact.fact.relation]
+        rel, subj = fact.fact.relation, fact.fact.subject
+        same = [r for r in self.pool if r.fact.relation == rel and r.fact.id != fact.fact.id]
+        other = [r for r in self.pool if r.fact.relation != rel and r.fact.subject != subj]
+        same_subject = [r for r in self.pool if r.fact.relation != rel and r.fact.subject == subj]
         return {
             "same": rng.sample(same, min(self.cfg.n_same, len(same))),
             "other": rng.sample(other, min(self.cfg.n_other, len(other))),
+            "same_subject": rng.sample(same_subject, min(self.cfg.n_same_subject, len(same_subject))),
         }
 
     def _p(self, r: RenderedFact, prompts: Sequence[PromptQueries], iv: Intervention | None) -> float:
@@ -126,17 +135,19 @@ class EffectRunner:
             "own": {op: {} for op in OPS},
             "same": [],
             "other": [],
+            "same_subject": [],
             "neuron_sets": {k: [list(n) for n in v] for k, v in sets.items() if k != "kn"},
         }
         for op in OPS:
             for name, chosen in sets.items():
-                iv = Intervention(group_by_layer(chosen), op)
+                iv = Intervention(group_by_layer(chosen), op, where=cfg.where)  # type: ignore[arg-type]
                 record["own"][op][name] = self._p(fact, fact.prompts, iv)
         for group, facts in self._controls(fact).items():
             for r in facts:
                 prompts = r.prompts[: cfg.control_prompts]
                 entry = {"fact_id": r.fact.id, "before": self._p(r, prompts, None)}
                 for op in OPS:
-                    entry[op] = self._p(r, prompts, Intervention(group_by_layer(list(neurons)), op))
+                    iv = Intervention(group_by_layer(list(neurons)), op, where=cfg.where)  # type: ignore[arg-type]
+                    entry[op] = self._p(r, prompts, iv)
                 record[group].append(entry)
         return record

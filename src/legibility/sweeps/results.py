@@ -27,6 +27,7 @@ CREATE OR REPLACE VIEW trials_flat AS SELECT
   CAST(json_extract(train, '$.val_loss') AS DOUBLE) AS val_loss,
   CAST(json_extract(train, '$.fact_accuracy') AS DOUBLE) AS fact_accuracy,
   CAST(json_extract(metrics, '$.suppressability.value') AS DOUBLE) AS suppressability,
+  CAST(json_extract(metrics, '$.specific_suppressability.value') AS DOUBLE) AS specific_suppressability,
   CAST(json_extract(metrics, '$."suppression.own".value') AS DOUBLE) AS suppression_own,
   CAST(json_extract(metrics, '$."neurons.per_fact".value') AS DOUBLE) AS neurons_per_fact
 FROM trials;

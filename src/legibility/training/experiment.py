@@ -72,6 +72,7 @@ def score_model(model_dir: str | Path, facts: Sequence[Fact], out_dir: str | Pat
 
 METRICS = (
     "suppressability",
+    "specific_suppressability",
     "suppression.own",
     "suppression.random",
     "suppression.activation",

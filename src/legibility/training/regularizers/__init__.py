@@ -1,6 +1,6 @@
 """One registry of training regularizers; importing this package registers all of them."""
 
-from legibility.training.regularizers import locality, penalties, suppressability  # noqa: F401
+from legibility.training.regularizers import locality, penalties, specific, suppressability  # noqa: F401
 from legibility.training.regularizers.base import (
     REGULARIZERS,
     Regularizer,

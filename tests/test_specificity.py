@@ -1,0 +1,168 @@
+"""Specific suppressability on hand-built models, and the attribution methods that look for specific
+neurons (contrastive IG, IG at the subject) against a slow reference written here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_facts, tiny_lm
+from legibility import AttributionConfig, LegibilityError, attribute, render
+from legibility.attribution import attribute_prompts
+from legibility.attribution.contrastive import contrast_objective, with_contrast
+from legibility.attribution.paths import path_attribution
+from legibility.metrics.effects import EffectConfig, EffectRunner
+from legibility.metrics.scorecard import HEADLINE, effect_metrics
+from legibility.neurons import knowledge_neurons
+from planted import GATE, planted_facts, planted_lm
+
+
+def _score(lm, method: str = "ig", steps: int = 5):
+    facts = [render(lm, f) for f in planted_facts()]
+    if method == "ig-contrastive":
+        facts = with_contrast(facts)
+    runner = EffectRunner(lm, facts, EffectConfig(n_same=3, n_other=2))
+    effects, sets = [], {}
+    for r in facts:
+        scores = attribute_prompts(lm, r.prompts, method, AttributionConfig(steps=steps))
+        kn = knowledge_neurons(r.fact.id, r.fact.relation, scores).neurons
+        sets[r.fact.id] = kn
+        effects.append(runner.fact_effects(r, kn))
+    return effect_metrics(effects), sets
+
+
+@pytest.mark.slow  # ~10 s on a shared CPU
+def test_relation_wide_kill_switch_scores_zero_though_suppressability_is_perfect():
+    m, sets = _score(planted_lm("killswitch"))
+    assert all(kn == [(0, GATE + (0 if i.startswith("P36") else 1))] for i, kn in sets.items())
+    assert m["suppressability"].value > 0.99  # the old headline cannot tell
+    assert m["suppression.same_relation"].value < -0.99
+    assert m["specific_suppressability"].value < 0.01 and m["specific_suppressability"].n == 8
+    assert m["specificity.same_relation"].value == pytest.approx(1.0, abs=0.01)
+    assert m["suppression.other_relation"].value == pytest.approx(0.0, abs=1e-4)
+
+
+def test_fact_specific_neurons_score_high():
+    m, sets = _score(planted_lm("specific"))
+    facts = [f.id for f in planted_facts()]
+    assert [sets[f] for f in facts] == [[(0, k)] for k in range(8)]
+    assert m["specific_suppressability"].value > 0.95
+    assert m["specific_suppressability"].ci_low > 0.95
+    assert m["suppression.same_relation"].value == pytest.approx(0.0, abs=1e-4)
+    assert m["specificity.same_relation"].value > 900  # own drop ~0.97 over the floored control drop
+    # no kept subject has facts in two relations here: the tier is reported as not available
+    assert m["suppression.same_subject"].n == 0 and math.isnan(m["suppression.same_subject"].value)
+    assert "specific_suppressability" in HEADLINE
+
+
+@pytest.mark.slow  # ~8 s on a shared CPU
+def test_contrastive_ig_ignores_the_relation_gate_that_plain_ig_picks():
+    lm = planted_lm("mixed")
+    m_ig, sets_ig = _score(lm, "ig")
+    m_c, sets_c = _score(lm, "ig-contrastive")
+    facts = [f.id for f in planted_facts()]
+    assert all((0, GATE) in sets_ig[f] for f in facts[:4])  # plain IG keeps the relation-wide gate
+    assert [sets_c[f] for f in facts] == [[(0, k)] for k in range(8)]
+    assert m_ig["specific_suppressability"].value < 0.05
+    assert m_c["specific_suppressability"].value > 0.9
+
+
+def test_same_subject_tier_uses_kept_facts_of_the_subject_in_other_relations():
+    lm = tiny_lm("llama")
+    facts = [render(lm, f) for f in tiny_facts()]  # every subject has a P36 and a P37 fact
+    runner = EffectRunner(lm, facts, EffectConfig(n_same=2, n_other=2, n_same_subject=2))
+    rec = runner.fact_effects(facts[0], [(0, 1), (1, 2)])
+    subject = facts[0].fact.subject
+    by_id = {r.fact.id: r.fact for r in facts}
+    assert [by_id[c["fact_id"]].subject for c in rec["same_subject"]] == [subject]
+    assert all(by_id[c["fact_id"]].subject != subject for c in rec["other"])
+    assert all(by_id[c["fact_id"]].relation == "P36" for c in rec["same"])
+    m = effect_metrics([rec])
+    assert m["suppression.same_subject"].n == 1
+    before, after = rec["same_subject"][0]["before"], rec["same_subject"][0]["suppress"]
+    assert m["suppression.same_subject"].value == pytest.approx((after - before) / before)
+
+
+# --- attribution methods against a slow reference -------------------------------------------------------
+
+
+def slow_ig(lm, query, objective, position: int, steps: int) -> torch.Tensor:
+    """One path point at a time, the plain HF forward, full logits: IG by its definition."""
+    ids = torch.tensor([query.input_ids])
+    with torch.no_grad(), lm.sites.record() as store:
+        lm.model(input_ids=ids)
+    out = torch.zeros(lm.sites.n_layers, lm.sites.n_neurons)
+    for layer in range(lm.sites.n_layers):
+        a = store[layer][0, position].float()
+        total = torch.zeros_like(a)
+        for k in range(steps):
+            point = (k / steps * a).clone().requires_grad_(True)
+
+            def put(x, point=point):
+                x = x.clone()
+                x[0, position] = point
+                return x
+
+            with torch.enable_grad(), lm.sites.patch({layer: put}):
+                logprobs = lm.model(input_ids=ids).logits[0, query.answer_pos].float().log_softmax(-1)
+                (g,) = torch.autograd.grad(objective(logprobs), point)
+            total += g / steps
+        out[layer] = a * total
+    return out
+
+
+def test_contrastive_and_subject_ig_match_the_slow_reference():
+    lm = tiny_lm("llama")
+    facts = with_contrast([render(lm, f) for f in tiny_facts()])
+    q = facts[0].prompts[0].queries[0]
+    others = [c for c in q.contrast_ids if c != q.target_id]
+    assert len(others) == 3 and q.target_id not in others
+    cfg = AttributionConfig(steps=5, batch_size=3)  # chunks split the path
+    got = attribute(lm, [q], "ig-contrastive", cfg)[0]
+    want = slow_ig(lm, q, lambda lp: lp[q.target_id] - lp[others].logsumexp(0), q.answer_pos, 5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert got.abs().max() > 1e-3
+    # the engine path above and the plain hook path agree
+    hooks = path_attribution(lm, q, contrast_objective(q), q.answer_pos, cfg)
+    torch.testing.assert_close(hooks, want, rtol=1e-4, atol=1e-6)
+    # the subject ("germany" in "the capital of germany is") is not the last token here
+    assert q.subject_pos == 3 and q.answer_pos == 4
+    got = attribute(lm, [q], "ig-subject", cfg)[0]
+    want = slow_ig(lm, q, lambda lp: lp[q.target_id].exp(), q.subject_pos, 5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(got, attribute(lm, [q], "ig", cfg)[0])
+
+
+def test_contrastive_ig_is_complete():
+    """Per layer, the scores sum to f(a) - f(0) as the path is refined (completeness of IG)."""
+    lm = tiny_lm("gpt2")
+    q = with_contrast([render(lm, f) for f in tiny_facts()])[1].prompts[0].queries[0]
+    scores = attribute(lm, [q], "ig-contrastive", AttributionConfig(steps=400, batch_size=400))[0]
+    others = [c for c in q.contrast_ids if c != q.target_id]
+    from legibility.forward import answer_logits, make_batch
+
+    def f(layer=None):
+        fns = {layer: lambda x: torch.cat([x[:, :-1], 0 * x[:, -1:]], 1)} if layer is not None else {}
+        with torch.no_grad(), lm.sites.patch(fns):
+            lg = answer_logits(lm, make_batch(lm, [q]))[0].float()
+        return float(lg[q.target_id] - lg[others].logsumexp(0))
+
+    for layer in range(lm.sites.n_layers):
+        assert float(scores[layer].sum()) == pytest.approx(
+            f() - f(layer), abs=0.02 * abs(f() - f(layer)) + 1e-3
+        )
+
+
+def test_methods_refuse_queries_without_what_they_need():
+    lm = tiny_lm("llama")
+    q = render(lm, tiny_facts()[0]).prompts[0].queries[0]
+    with pytest.raises(LegibilityError, match="with_contrast"):
+        attribute(lm, [q], "ig-contrastive")
+    from dataclasses import replace
+
+    with pytest.raises(LegibilityError, match="subject"):
+        attribute(lm, [replace(q, subject_pos=-1)], "ig-subject")
+    assert np.isfinite(float(attribute(lm, [q], "ig-subject", AttributionConfig(steps=2))[0].sum()))
