@@ -96,7 +96,12 @@ def default_device_meta() -> Iterator[None]:
 
 
 def queries(lm, n: int = 3):
-    return [p.queries[0] for f in tiny_facts()[:2] for p in render(lm, f).prompts][:n]
+    """First queries of the tiny facts' prompts, with the relation's other objects (contrastive IG needs
+    them) and the subject position (subject-token IG needs it) filled in by render/with_contrast."""
+    from legibility.attribution.contrastive import with_contrast
+
+    rendered = with_contrast([render(lm, f) for f in tiny_facts()])
+    return [p.queries[0] for r in rendered[:2] for p in r.prompts][:n]
 
 
 # ----------------------------------------------------------------------------- device and dtype parsing

@@ -93,20 +93,21 @@ def answer_path_attribution(
     for p in frozen:  # gradients w.r.t. activations only
         p.requires_grad_(False)
     try:
-        run = engine.clean_run(lm, query)
-        row_layer = torch.arange(n_layers).repeat_interleave(
+        pack = engine.clean_run(lm, query)  # a pack of this one query
+        acts = pack.acts[0]  # [n_layers, n_neurons]
+        row_layer = torch.arange(n_layers, device=acts.device).repeat_interleave(
             steps
         )  # row r = (layer r // steps, alpha r % steps)
-        row_alpha = alphas.repeat(n_layers).to(run.acts.device)
-        grads = torch.empty(row_layer.shape[0], lm.sites.n_neurons, device=run.acts.device)
+        row_alpha = alphas.repeat(n_layers).to(acts.device)
+        grads = torch.empty(row_layer.shape[0], lm.sites.n_neurons, device=acts.device)
         for start in range(0, row_layer.shape[0], config.batch_size):
             sl = slice(start, start + config.batch_size)
-            points = (row_alpha[sl, None] * run.acts[row_layer[sl]]).requires_grad_(True)  # [rows, n_neurons]
+            points = (row_alpha[sl, None] * acts[row_layer[sl]]).requires_grad_(True)  # [rows, n_neurons]
             with torch.enable_grad():
-                logits = engine.rows_logits(lm, tail, run, row_layer[sl].tolist(), points)
+                logits = engine.rows_logits(lm, tail, pack, row_layer[sl].tolist(), points)
                 (grads[sl],) = torch.autograd.grad(objective(logits.float()).sum(), points)
     finally:
         for p in frozen:
             p.requires_grad_(True)
     w = weights.to(grads.device)[None, :, None]
-    return (run.acts * (grads.view(n_layers, steps, -1) * w).sum(1)).cpu()
+    return acts * (grads.view(n_layers, steps, -1) * w).sum(1)

@@ -35,6 +35,9 @@ def subject_position(lm: LoadedModel, ids: list[int], text: str, subject: str | 
     """Index in ``ids`` (the encoding of ``text``) of the subject's last token; -1 if it cannot be found."""
     end = text.rfind(subject) + len(subject) if subject and subject in text else -1
     head = lm.encode(text[:end]) if end > 0 else []
+    specials = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
+    while head and head[-1] in specials:  # masked LMs close every encoding with [SEP]
+        head = head[:-1]
     return len(head) - 1 if head and ids[: len(head)] == head else -1
 
 
