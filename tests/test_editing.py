@@ -30,13 +30,14 @@ from legibility.editing import (
 from legibility.editing.collateral import collateral
 from legibility.editing.command import _parse_neuron, add_parsers
 from legibility.editing.evaluate import summarize_edits
-from legibility.editing.fingerprint import model_fingerprint, settings_key
+from legibility.editing.fingerprint import settings_key
 from legibility.editing.memory import Context, TokenScore, card_text, serving_sign
 from legibility.facts.counterfacts import object_token, split_wording
 from legibility.facts.types import Query
 from legibility.forward import predict
 from legibility.metrics.perplexity import perplexity
 from legibility.report.editing import collateral_markdown, summary_markdown
+from legibility.run import weights_digest
 
 # Written out per family, independently of the code under test: where the word embedding, the
 # unembedding and each layer's FFN output projection live, and whether neurons index its rows or columns.
@@ -474,10 +475,10 @@ def test_evaluator_neighborhood_score_matches_a_direct_count():
     assert list(summary)[:5] == ["n_neurons", "success@1", "success@5", "neighborhood_score", "locality_same"]
 
 
-def test_model_fingerprint_and_settings_key():
+def test_weights_digest_and_settings_key():
     a, b = tiny_lm("gpt2"), tiny_lm("gpt2")
-    assert model_fingerprint(a) == model_fingerprint(b)
+    assert weights_digest(a) == weights_digest(b)
     with torch.no_grad():
         next(b.model.parameters()).view(-1)[0] += 1e-3
-    assert model_fingerprint(a) != model_fingerprint(b)
+    assert weights_digest(a) != weights_digest(b)
     assert settings_key({"x": 1}, "m") == settings_key({"x": 1}, "m") != settings_key({"x": 2}, "m")

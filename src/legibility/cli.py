@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             db = Path(args.dir) / "results.duckdb"
             if not db.exists():
                 raise LegibilityError(f"{args.dir} has no results.duckdb")
-            with ResultsStore(db) as store:
+            with ResultsStore(db, read_only=True) as store:
                 cols, rows = store.query(args.sql)
             print("\t".join(cols))
             for row in rows:

@@ -49,6 +49,7 @@ def test_registry_has_every_regularizer_of_the_issue():
         "locality",
         "sparse_connections",
         "suppressability",
+        "specific_suppressability",
     }
 
 

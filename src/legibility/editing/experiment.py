@@ -26,7 +26,7 @@ from legibility.editing.evaluate import (
     first_queries,
     summarize_edits,
 )
-from legibility.editing.fingerprint import model_fingerprint, settings_key
+from legibility.editing.fingerprint import settings_key
 from legibility.errors import LegibilityError
 from legibility.facts.counterfacts import (
     INVERSE_RELATIONS,
@@ -42,6 +42,7 @@ from legibility.forward import predict
 from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
+from legibility.run import weights_digest
 from legibility.store import JsonlStore
 
 
@@ -106,7 +107,7 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rel = cfg.relation
-    weights = model_fingerprint(lm)
+    weights = weights_digest(lm)
     known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress, weights)
     wordings = pararel_wordings(rel, cfg.data_dir)
     inverse = INVERSE_RELATIONS.get(rel)
