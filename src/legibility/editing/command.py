@@ -200,11 +200,12 @@ def _check_count(name: str, value: int, low: int = 0) -> None:
 
 
 def _locate(lm, rendered, relation):
-    from legibility.attribution import attribute_prompts
-    from legibility.neurons import NeuronConfig, knowledge_neurons
+    """The fact's knowledge neurons (adaptive p), computed by the runner's neuron stage."""
+    from legibility.neurons import NeuronConfig
+    from legibility.pipeline import NeuronStage
 
-    scores = attribute_prompts(lm, rendered.prompts)  # [prompts, layers, neurons]
-    return knowledge_neurons(rendered.fact.id, relation, scores, NeuronConfig(adaptive=True)).neurons
+    record = NeuronStage(neurons=NeuronConfig(adaptive=True))(lm)(rendered)
+    return [tuple(n) for n in record["neurons"]]
 
 
 def _table(lm, prompts, old_id, new_id) -> list[str]:

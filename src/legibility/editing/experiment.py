@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from legibility.attribution import attribute_prompts
 from legibility.editing.evaluate import (
     EditCase,
     EditEvaluator,
@@ -41,9 +40,8 @@ from legibility.facts.types import RenderedFact
 from legibility.forward import predict
 from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.loading import LoadedModel
-from legibility.neurons import NeuronConfig, knowledge_neurons
+from legibility.neurons import NeuronConfig
 from legibility.run import weights_digest
-from legibility.store import JsonlStore
 
 
 @dataclass(frozen=True)
@@ -139,28 +137,21 @@ def run_experiment(
     if not located:
         raise LegibilityError(f"the model knows no fact of {rel} with enough prompts in one wording")
 
-    # one file per (model, method, neuron settings); each record carries a hash of the prompts it was
-    # located with, so a changed data file recomputes that fact instead of reusing it
-    neurons_key = settings_key(lm.name, weights, cfg.method, asdict(cfg.neurons))
-    store = JsonlStore(out / f"neurons-{neurons_key}.jsonl")
-    bar = tqdm(total=len(located), desc="knowledge neurons", disable=not progress, unit="fact")
-    neurons = []
-    for r in located:
-        prompts_key = settings_key([p.text for p in r.prompts], r.fact.object)
-        rec = store.records.get(r.fact.id)
-        if rec is None or rec.get("prompts_key") != prompts_key:
-            scores = attribute_prompts(lm, r.prompts, cfg.method)  # [prompts, layers, neurons]
-            kn = knowledge_neurons(r.fact.id, rel, scores, cfg.neurons)
-            rec = {
-                "fact_id": r.fact.id,
-                "neurons": [list(n) for n in kn.neurons],
-                "share": kn.share,
-                "prompts_key": prompts_key,
-            }
-            store.append(rec)
-        neurons.append([tuple(n) for n in rec["neurons"]])
-        bar.update(1)
-    bar.close()
+    # the runner's neuron stage, in a store keyed by the model, the method, the neuron settings and the
+    # located prompts, so a changed data file or setting recomputes instead of reusing stale records
+    from legibility.pipeline import find_neurons
+
+    located_key = settings_key(
+        lm.name,
+        weights,
+        cfg.method,
+        asdict(cfg.neurons),
+        [(r.fact.id, r.fact.object, [p.text for p in r.prompts]) for r in located],
+    )
+    records = find_neurons(
+        lm, located, out / f"neurons-{located_key}", cfg.method, None, cfg.neurons, progress
+    )
+    neurons = [[tuple(n) for n in rec["neurons"]] for rec in records]
 
     news = choose_new_objects(lm, [r.fact for r in located], cfg.eval.seed)
     cases = []
