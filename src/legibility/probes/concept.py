@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from legibility.metrics.stats import Estimate
-from legibility.probes.linear import accuracy_estimate, control_labels, fact_folds, fit_logistic
+from legibility.probes.linear import accuracy_estimate, control_labels, fact_folds, fit_logistic_batched
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ProbeSettings:
 
     folds: int = 3  # k of the k-fold split by group
     weight_decay: float = 1e-2  # L2 on the standardized-feature weights
-    max_iter: int = 100  # L-BFGS iterations
+    max_iter: int = 200  # L-BFGS iterations (all layers are fit as one problem)
     seed: int = 0  # folds, control labels, bootstrap
 
 
@@ -31,12 +31,15 @@ def group_folds(groups: Sequence[str], labels: Sequence[int], k: int, seed: int)
 
 
 def cv_correct(x: Tensor, y: Tensor, folds: np.ndarray, n_classes: int, s: ProbeSettings) -> np.ndarray:
-    """Held-out correctness [n] of a logistic probe under the given folds."""
-    correct = np.zeros(len(y), dtype=bool)
+    """Held-out correctness [layers, n] of logistic probes on ``x`` [n, layers, d] under the given folds."""
+    correct = np.zeros((x.shape[1], len(y)), dtype=bool)
     for f in sorted(set(folds.tolist())):
         test = torch.from_numpy(folds == f)
-        probe = fit_logistic(x[~test], y[~test], n_classes, s.weight_decay, s.max_iter)
-        correct[test.numpy()] = (probe.predict(x[test]).cpu() == y[test]).numpy()
+        probes = fit_logistic_batched(
+            x[~test].transpose(0, 1), y[~test], n_classes, s.weight_decay, s.max_iter
+        )
+        for layer, probe in enumerate(probes):
+            correct[layer, test.numpy()] = (probe.predict(x[test, layer]).cpu() == y[test]).numpy()
     return correct
 
 
@@ -54,19 +57,16 @@ def probe_layers(
     yc = torch.tensor(control_labels(types, labels, s.seed), dtype=torch.long)
     n_classes = int(y.max()) + 1
     folds = group_folds(list(groups), list(labels), s.folds, s.seed)
-    out = []
-    for layer in range(feats.shape[1]):
-        x = feats[:, layer]
-        real = cv_correct(x, y, folds, n_classes, s)
-        ctrl = cv_correct(x, yc, folds, n_classes, s)
-        out.append(
-            {
-                "accuracy": accuracy_estimate(real, groups, s.seed),
-                "control": accuracy_estimate(ctrl, groups, s.seed),
-                "selectivity": _diff_estimate(real, ctrl, groups, s.seed),
-            }
-        )
-    return out
+    real = cv_correct(feats, y, folds, n_classes, s)
+    ctrl = cv_correct(feats, yc, folds, n_classes, s)
+    return [
+        {
+            "accuracy": accuracy_estimate(real[layer], groups, s.seed),
+            "control": accuracy_estimate(ctrl[layer], groups, s.seed),
+            "selectivity": _diff_estimate(real[layer], ctrl[layer], groups, s.seed),
+        }
+        for layer in range(feats.shape[1])
+    ]
 
 
 def _diff_estimate(a: np.ndarray, b: np.ndarray, groups: Sequence[str], seed: int) -> Estimate:

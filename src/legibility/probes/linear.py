@@ -31,7 +31,9 @@ __all__ = [
     "control_labels",
     "fact_folds",
     "fit_ccs",
+    "fit_ccs_batched",
     "fit_logistic",
+    "fit_logistic_batched",
     "fit_mass_mean",
     "group_split",
     "standardizer",
@@ -71,28 +73,51 @@ def fit_logistic(
     x: Tensor, y: Tensor, n_classes: int | None = None, weight_decay: float = 1e-2, max_iter: int = 200
 ) -> LinearProbe:
     """Multinomial logistic regression on standardized ``x`` [n, d], labels ``y`` [n] (full-batch L-BFGS)."""
+    return fit_logistic_batched(x[None], y, n_classes, weight_decay, max_iter)[0]
+
+
+def fit_logistic_batched(
+    x: Tensor, y: Tensor, n_classes: int | None = None, weight_decay: float = 1e-2, max_iter: int = 200
+) -> list[LinearProbe]:
+    """Independent logistic probes for every slice ``x[k]`` [n, d] of ``x`` [k, n, d] (e.g. one per layer),
+    fit jointly: the summed objective is separable, so each probe reaches its own optimum, and one L-BFGS
+    run replaces k of them."""
     x = x.double()
     c = int(n_classes if n_classes is not None else int(y.max()) + 1)
-    mu, sd = standardizer(x)
-    z = (x - mu) / sd
-    w = torch.zeros(z.shape[1], c, dtype=z.dtype, device=z.device, requires_grad=True)
-    b = torch.zeros(c, dtype=z.dtype, device=z.device, requires_grad=True)
+    mu, sd = standardizer_batched(x)
+    z = (x - mu[:, None]) / sd[:, None]  # [k, n, d]
+    k, n, d = z.shape
+    w = torch.zeros(k, d, c, dtype=z.dtype, device=z.device, requires_grad=True)
+    b = torch.zeros(k, 1, c, dtype=z.dtype, device=z.device, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
     )
-    target = y.to(z.device).long()
+    target = y.to(z.device).long().repeat(k)
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ w + b, target) + 0.5 * weight_decay * w.pow(2).sum()
+        logits = (z @ w + b).reshape(k * n, c)
+        ce = torch.nn.functional.cross_entropy(logits, target, reduction="sum") / n
+        loss = ce + 0.5 * weight_decay * w.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    weight, bias = w.detach(), b.detach()
+    weight, bias = w.detach(), b.detach()[:, 0]
     if c == 2:  # one score column: logit(class 1) - logit(class 0)
-        weight, bias = weight[:, 1:] - weight[:, :1], bias[1:] - bias[:1]
-    return LinearProbe(weight, bias, mu, sd)
+        weight, bias = weight[..., 1:] - weight[..., :1], bias[:, 1:] - bias[:, :1]
+    return [LinearProbe(weight[i], bias[i], mu[i], sd[i]) for i in range(k)]
+
+
+def standardizer_batched(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`standardizer` of every slice of ``x`` [k, n, d] -> mean, sd [k, d]."""
+    mu, sd = x.mean(1), x.std(1, unbiased=False)
+    return mu, torch.where(sd > 1e-6, sd, torch.ones_like(sd))
 
 
 def fit_mass_mean(x: Tensor, y: Tensor, iid: bool = False, ridge: float = 1e-2) -> LinearProbe:
@@ -146,37 +171,59 @@ def fit_ccs(
     restarts: int = 10,
     steps: int = 1000,
     lr: float = 1e-2,
-    weight_decay: float = 0.0,
     seed: int = 0,
 ) -> CCSProbe:
     """Unsupervised CCS on contrast pairs ``xa``, ``xb`` [n, d]; ``y_train`` [n] (1 = side a true), if given,
     only fixes the sign (training accuracy >= 0.5) and plays no part in the fit."""
+    return fit_ccs_batched(xa[None], xb[None], y_train, restarts, steps, lr, seed)[0]
+
+
+def fit_ccs_batched(
+    xa: Tensor,
+    xb: Tensor,
+    y_train: Tensor | None = None,
+    restarts: int = 10,
+    steps: int = 1000,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> list[CCSProbe]:
+    """:func:`fit_ccs` for every slice of ``xa``, ``xb`` [k, n, d]; all restarts of all slices run as one
+    Adam problem (Adam is coordinate-wise and the summed loss separable, so each is fit as if alone)."""
     xa, xb = xa.double(), xb.double()
-    ma, sa = standardizer(xa)
-    mb, sb = standardizer(xb)
-    za, zb = (xa - ma) / sa, (xb - mb) / sb
+    ma, sa = standardizer_batched(xa)
+    mb, sb = standardizer_batched(xb)
+    za, zb = (xa - ma[:, None]) / sa[:, None], (xb - mb[:, None]) / sb[:, None]  # [k, n, d]
+    k, n, d = za.shape
     gen = torch.Generator().manual_seed(seed)
-    best: CCSProbe | None = None
-    d = za.shape[1]
-    for _ in range(restarts):
-        w0 = torch.randn(d, generator=gen, dtype=torch.float64) / d**0.5
-        w = w0.to(za.device).requires_grad_(True)
-        b = torch.zeros((), dtype=za.dtype, device=za.device, requires_grad=True)
-        opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = ccs_loss(torch.sigmoid(za @ w + b), torch.sigmoid(zb @ w + b))
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            final = float(ccs_loss(torch.sigmoid(za @ w + b), torch.sigmoid(zb @ w + b)))
-        if best is None or final < best.loss:
-            best = CCSProbe(w.detach(), b.detach(), (ma, sa, mb, sb), final)
-    assert best is not None
-    if y_train is not None:
-        acc = ((best.truth_score(xa, xb) > 0.5).long().cpu() == y_train.cpu().long()).double().mean()
-        best.sign = 1.0 if acc >= 0.5 else -1.0
-    return best
+    w0 = torch.randn(restarts, k, d, 1, generator=gen, dtype=torch.float64) / d**0.5
+    w = w0.to(za.device).requires_grad_(True)
+    b = torch.zeros(restarts, k, 1, 1, dtype=za.dtype, device=za.device, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+
+    def losses() -> Tensor:  # [restarts, k]
+        pa, pb = torch.sigmoid(za @ w + b)[..., 0], torch.sigmoid(zb @ w + b)[..., 0]  # [R, k, n]
+        return (pa - (1 - pb)).pow(2).mean(-1) + torch.minimum(pa, pb).pow(2).mean(-1)
+
+    for _ in range(steps):
+        opt.zero_grad()
+        losses().sum().backward()
+        opt.step()
+    with torch.no_grad():
+        final = losses()
+    best = final.argmin(0)  # [k]
+    out = []
+    for i in range(k):
+        r = int(best[i])
+        probe = CCSProbe(
+            w.detach()[r, i, :, 0], b.detach()[r, i, 0, 0], (ma[i], sa[i], mb[i], sb[i]), float(final[r, i])
+        )
+        if y_train is not None:
+            acc = (
+                ((probe.truth_score(xa[i], xb[i]) > 0.5).long().cpu() == y_train.cpu().long()).double().mean()
+            )
+            probe.sign = 1.0 if acc >= 0.5 else -1.0
+        out.append(probe)
+    return out
 
 
 def ccs_loss(pa: Tensor, pb: Tensor) -> Tensor:

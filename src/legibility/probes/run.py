@@ -206,12 +206,10 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
     def subset(mask: np.ndarray) -> list:
         return [statements[i] for i in np.flatnonzero(mask)]
 
-    per_layer = {"held_out_facts": [], "held_out_relations": []}
-    fitted = []
-    for layer in range(feats.shape[1]):
+    per_layer: dict[str, list] = {"held_out_facts": [], "held_out_relations": []}
+    fitted = fit_truth_probes(feats[tr], y[tr], s, pairs_tr)
+    for layer, probes in enumerate(fitted):
         x = feats[:, layer]
-        probes = fit_truth_probes(x[tr], y[tr], s, pairs_tr)
-        fitted.append(probes)
         for name, mask in (("held_out_facts", is_heldfact), ("held_out_relations", is_heldrel)):
             idx = np.flatnonzero(mask)
             scored = score_probes(probes, x[idx], subset(mask), s.seed)

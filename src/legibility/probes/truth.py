@@ -29,8 +29,8 @@ from legibility.probes.data import Statement
 from legibility.probes.linear import (
     LinearProbe,
     accuracy_estimate,
-    fit_ccs,
-    fit_logistic,
+    fit_ccs_batched,
+    fit_logistic_batched,
     fit_mass_mean,
 )
 
@@ -102,23 +102,28 @@ def pair_arrays(statements: Sequence[Statement]) -> tuple[np.ndarray, np.ndarray
 
 def fit_truth_probes(
     x: Tensor, y: Tensor, settings: TruthSettings, pairs_train: tuple[np.ndarray, np.ndarray] | None = None
-) -> dict[str, object]:
-    """The supervised probes (and CCS when pair rows are given) fit on ``x`` [n, d], ``y`` [n] (1 = true)."""
+) -> list[dict[str, object]]:
+    """Per layer of ``x`` [n, layers, d]: the supervised probes (and CCS when the pair rows are given), fit
+    on all rows with ``y`` [n] (1 = true)."""
     s = settings
-    probes: dict[str, object] = {
-        "logistic": fit_logistic(x, y, 2, s.weight_decay),
-        "mass_mean": fit_mass_mean(x, y),
-    }
-    if s.iid:
-        probes["mass_mean_iid"] = fit_mass_mean(x, y, iid=True)
+    layers = x.transpose(0, 1)  # [layers, n, d]
+    logistic = fit_logistic_batched(layers, y, 2, s.weight_decay)
+    out: list[dict[str, object]] = []
+    for i in range(layers.shape[0]):
+        probes: dict[str, object] = {"logistic": logistic[i], "mass_mean": fit_mass_mean(layers[i], y)}
+        if s.iid:
+            probes["mass_mean_iid"] = fit_mass_mean(layers[i], y, iid=True)
+        out.append(probes)
     if pairs_train is not None:
         ti, fi = pairs_train
         swap = np.random.default_rng(s.seed).random(len(ti)) < 0.5  # random side order: labels 50/50
-        a = np.where(swap, fi, ti)
-        b = np.where(swap, ti, fi)
+        a = torch.from_numpy(np.where(swap, fi, ti))
+        b = torch.from_numpy(np.where(swap, ti, fi))
         ya = torch.from_numpy((~swap).astype(np.int64))
-        probes["ccs"] = fit_ccs(x[a], x[b], ya, s.ccs_restarts, s.ccs_steps, seed=s.seed)
-    return probes
+        ccs = fit_ccs_batched(layers[:, a], layers[:, b], ya, s.ccs_restarts, s.ccs_steps, seed=s.seed)
+        for probes, c in zip(out, ccs, strict=True):
+            probes["ccs"] = c
+    return out
 
 
 def score_probes(
