@@ -37,6 +37,7 @@ class CheckpointScoring:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     suppressability: bool = True  # run the scorecard (integrated gradients; the slow part)
     score_facts: int = 30  # known facts scored for suppressability
+    every: int = 1  # score only checkpoints whose step is a multiple of this
 
 
 def checkpoints_of(run_dir: Path) -> list[Path]:
@@ -68,6 +69,8 @@ def score_checkpoints(
     records = []
     for ckpt in found:
         step = int(ckpt.name.split("-")[1])
+        if step % c.every:
+            continue
         path = out / f"{ckpt.name}.json"
         if path.exists():
             records.append(json.loads(path.read_text()))

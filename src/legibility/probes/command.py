@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("runs", nargs="+", help="training run directories (legibility train --out)")
     p.add_argument("--no-suppressability", action="store_true", help="skip the scorecard (fast)")
     p.add_argument("--score-facts", type=int, default=30)
+    p.add_argument("--every", type=int, default=1, help="score only steps that are multiples of this")
     p.add_argument("--out", required=True, help="output directory (one subfolder per run)")
 
 
@@ -114,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
             runs[name] = score_checkpoints(
                 run_dir,
                 out / name,
-                CheckpointScoring(suppressability=not args.no_suppressability, score_facts=args.score_facts),
+                CheckpointScoring(
+                    suppressability=not args.no_suppressability,
+                    score_facts=args.score_facts,
+                    every=args.every,
+                ),
             )
         compare_figure(runs, out / "checkpoints.png")
         (out / "results.json").write_text(json.dumps({"kind": "checkpoints", "runs": runs}, indent=2))
