@@ -96,7 +96,7 @@ def score_checkpoints(
             tmp = out / ".model"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            lm.model.save_pretrained(tmp)
+            lm.model.save_pretrained(tmp)  # type: ignore[operator]
             lm.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
             scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts))
             rec["known_facts"] = scored["known_facts"]

@@ -97,7 +97,7 @@ def model_margins(
 def pair_arrays(statements: Sequence[Statement]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Row indices of the true and the false statement of every pair, and the pair's fact id."""
     t = np.arange(0, len(statements), 2)
-    return t, t + 1, [statements[i].fact for i in t]
+    return t, t + 1, [statements[int(i)].fact for i in t]
 
 
 def fit_truth_probes(
