@@ -189,6 +189,7 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
         keep = [i for i in range(0, len(statements), 2) if margins[i] > 0]
         statements = [statements[j] for i in keep for j in (i, i + 1)]
         margins = np.array([margins[j] for i in keep for j in (i, i + 1)])
+        own, other = first_tokens(lm, statements)
     # splits: held-out relations are test only; within the others, 25% of facts are held out
     train_rel = [st for st in statements if st.relation not in cfg.held_out]
     tr_mask, _ = group_split([st.fact for st in train_rel], 0.25, s.seed)
