@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from legibility.errors import LegibilityError
+from legibility.forward import head_at
 from legibility.models.loading import LoadedModel
 
 SITES = ("resid", "ffn")
@@ -68,7 +69,7 @@ def extract(
             mask[i, : len(e)] = 1
         rows = torch.arange(len(part), device=device)
         at = torch.tensor(pos, device=device)
-        with lm.sites.record() as store:
+        with lm.sites.record() as store, head_at(lm, at):  # logits only at the read position: cheap
             out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states="resid" in sites)
         if "resid" in sites:
             chunks["resid"].append(torch.stack([h[rows, at] for h in out.hidden_states], 1).float().cpu())

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from legibility.errors import LegibilityError
+from legibility.forward import head_at
 from legibility.models.loading import LoadedModel
 from legibility.probes.data import Statement
 
@@ -92,9 +93,9 @@ def judgements(
             if layer is not None and vector is not None
             else contextlib.nullcontext()
         )
-        with ctx:
-            logits = lm.model(input_ids=ids, attention_mask=mask).logits
-        logp = logits[torch.arange(len(enc), device=device), last].float().log_softmax(-1)
+        with ctx, head_at(lm, last):
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        logp = logits.float().log_softmax(-1)
         out.append((logp[:, yes] - logp[:, no]).cpu())
     return torch.cat(out)
 

@@ -39,6 +39,7 @@ from legibility.probes.truth import (
     model_margins,
     pair_arrays,
     score_probes,
+    top1_hits,
     usable_pairs,
 )
 from legibility.store import check_settings
@@ -315,7 +316,7 @@ def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, own, other, out: 
         good = [own[i] for i in idx]
         bad = [other[i] for i in idx]
         m = model_margins(lm, [prefixes[i] for i in ti], [good[i] for i in ti], [bad[i] for i in ti]).numpy()
-        top1 = _top1(lm, [prefixes[i] for i in ti], [good[i] for i in ti])
+        top1 = top1_hits(lm, [prefixes[i] for i in ti], [good[i] for i in ti])
         feats = extract(lm, [c + st.text for c, st in zip(ctx, test, strict=True)], sites=("resid",))["resid"]
         rows = []
         for layer, probes in enumerate(fitted):
@@ -332,13 +333,3 @@ def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, own, other, out: 
         layers, out / "lying.png", f"{cfg.model}: truth probe in truthful vs lying few-shot contexts"
     )
     return res
-
-
-@torch.no_grad()
-def _top1(lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int]) -> np.ndarray:
-    device = next(lm.model.parameters()).device
-    hits = []
-    for p, g in zip(prefixes, good, strict=True):
-        ids = torch.tensor([lm.encode(p)], device=device)
-        hits.append(int(lm.model(input_ids=ids).logits[0, -1].argmax()) == g)
-    return np.array(hits)

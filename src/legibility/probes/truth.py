@@ -15,7 +15,7 @@ answer position (first tokens of the objects; pairs whose objects share a first 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from legibility.facts.render import target_ids
+from legibility.forward import head_at
 from legibility.metrics.stats import Estimate
 from legibility.models.loading import LoadedModel
 from legibility.probes.data import Statement
@@ -68,30 +69,43 @@ def usable_pairs(lm: LoadedModel, statements: Sequence[Statement]) -> list[State
 
 
 @torch.no_grad()
-def model_margins(
-    lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
-) -> Tensor:
-    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
+def last_logprobs(lm: LoadedModel, prefixes: Sequence[str], batch_size: int = 16) -> Iterator[Tensor]:
+    """log p(next token) [batch, vocab] after each prefix, batch by batch (right-padded)."""
     device = next(lm.model.parameters()).device
     pad = getattr(lm.tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
-    out = []
-    for start in range(0, len(prefixes), 16):
-        enc = [lm.encode(p) for p in prefixes[start : start + 16]]
+    for start in range(0, len(prefixes), batch_size):
+        enc = [lm.encode(p) for p in prefixes[start : start + batch_size]]
         width = max(len(e) for e in enc)
         ids = torch.full((len(enc), width), pad, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(enc):
             ids[i, : len(e)] = torch.tensor(e, device=device)
             mask[i, : len(e)] = 1
-        logits = lm.model(input_ids=ids, attention_mask=mask).logits
-        rows = torch.arange(len(enc), device=device)
         last = torch.tensor([len(e) - 1 for e in enc], device=device)
-        logp = logits[rows, last].float().log_softmax(-1)
-        g = torch.tensor(good[start : start + 16], device=device)
-        b = torch.tensor(bad[start : start + 16], device=device)
+        with head_at(lm, last):
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        yield logits.float().log_softmax(-1)
+
+
+def model_margins(
+    lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
+) -> Tensor:
+    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
+    out, start = [], 0
+    for logp in last_logprobs(lm, prefixes):
+        rows = torch.arange(logp.shape[0], device=logp.device)
+        g = torch.tensor(good[start : start + len(rows)], device=logp.device)
+        b = torch.tensor(bad[start : start + len(rows)], device=logp.device)
         out.append((logp[rows, g] - logp[rows, b]).cpu())
+        start += len(rows)
     return torch.cat(out)
+
+
+def top1_hits(lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int]) -> np.ndarray:
+    """Whether the arg-max next token after each prefix is ``good``."""
+    tops = torch.cat([logp.argmax(-1).cpu() for logp in last_logprobs(lm, prefixes)])
+    return (tops == torch.tensor(list(good))).numpy()
 
 
 def pair_arrays(statements: Sequence[Statement]) -> tuple[np.ndarray, np.ndarray, list[str]]:
