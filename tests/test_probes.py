@@ -229,3 +229,11 @@ def test_concept_run_keyed_and_reported(tmp_path):
 def test_example_type_defaults():
     e = Example("t", "l", "g")
     assert e.type == "" and e.subject == ""
+
+
+def test_pair_accuracy_counts_ties_as_half():
+    from legibility.probes.truth import pair_correct
+
+    np.testing.assert_array_equal(
+        pair_correct(np.array([2.0, 1.0, 1.0]), np.array([1.0, 2.0, 1.0])), [1, 0, 0.5]
+    )

@@ -108,6 +108,11 @@ def top1_hits(lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int]) -> 
     return (tops == torch.tensor(list(good))).numpy()
 
 
+def pair_correct(true_score: np.ndarray, false_score: np.ndarray | float) -> np.ndarray:
+    """1 where the true side scores higher, 0 where lower, 0.5 on a tie (e.g. identical features)."""
+    return (true_score > false_score) + 0.5 * (true_score == false_score)
+
+
 def pair_arrays(statements: Sequence[Statement]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Row indices of the true and the false statement of every pair, and the pair's fact id."""
     t = np.arange(0, len(statements), 2)
@@ -152,10 +157,10 @@ def score_probes(
         if isinstance(probe, LinearProbe):
             score = probe.scores(x)[:, 0].cpu().numpy()
             statement = accuracy_estimate((score > 0) == y, groups, seed)
-            pair = accuracy_estimate(score[ti] > score[fi], facts, seed)
+            pair = accuracy_estimate(pair_correct(score[ti], score[fi]), facts, seed)
         else:  # CCS: side a = the true statement
             p = probe.truth_score(x[ti], x[fi]).cpu().numpy()  # type: ignore[attr-defined]
             statement = Estimate(float("nan"), float("nan"), float("nan"), 0)
-            pair = accuracy_estimate(p > 0.5, facts, seed)
+            pair = accuracy_estimate(pair_correct(p, 0.5), facts, seed)
         out[name] = {"statement": statement, "pair": pair}
     return out
