@@ -173,7 +173,14 @@ def test_pararel_examples_group_by_fact_and_drop_rare_labels():
     assert {e.label for e in ex} == {"P36", "P37"}
     assert all("[Y]" not in e.text for e in ex)
     assert len({e.group for e in ex}) == len(facts)
-    assert pararel_examples(facts, "object") == []  # every object occurs once: no class with 2 facts
+    assert pararel_examples(facts, "object") == []
+    from legibility.facts.types import Fact
+
+    inverted = Fact("paris", "P1376", "france", ("[Y] has the capital paris .", "paris is the capital of [Y] ."))
+    ex = pararel_examples([inverted, inverted], "relation", min_per_label=1)
+    assert [e.text for e in ex] == [
+        "paris is the capital of"
+    ] * 2  # the inverted template is skipped  # every object occurs once: no class with 2 facts
 
 
 def test_truth_statements_pair_true_with_same_relation_false():

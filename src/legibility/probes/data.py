@@ -40,7 +40,8 @@ class Example:
 def pararel_examples(facts: Sequence[Fact], task: str, min_per_label: int = 2) -> list[Example]:
     """One example per (fact, prompt): the prompt up to the object slot, labelled by the fact's relation or
     object (``task``); labels with fewer than ``min_per_label`` facts are dropped. The control type is the
-    subject (a word type that can recur across facts)."""
+    subject (a word type that can recur across facts). Prompts whose object slot comes before the subject are
+    skipped: cut before the object, they do not mention the subject."""
     if task not in ("relation", "object"):
         raise LegibilityError(f"unknown PARAREL probe task {task!r}; choose 'relation' or 'object'")
     counts: dict[str, int] = {}
@@ -55,7 +56,7 @@ def pararel_examples(facts: Sequence[Fact], task: str, min_per_label: int = 2) -
             if OBJECT not in p:
                 continue
             text = p.split(OBJECT)[0].rstrip()
-            if text:
+            if f.subject in text:  # a template with the object before the subject does not ask about it
                 out.append(Example(text, label, f.id, f.subject, f.subject))
     return out
 
