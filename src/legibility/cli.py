@@ -178,6 +178,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         from legibility import interop_command
 
         interop_command.add_parser(sub)
+        from legibility.probes import command as probe_command
+
+        probe_command.add_parser(sub)
     p = sub.add_parser("sweep", help="train and score many models (grid/random over configs and seeds)")
     p.add_argument("config", help="sweep YAML (see configs/sweeps/)")
     p.add_argument(
@@ -319,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(args, score=args.command == "score")
         if args.command == "train":
             return args.run(args)
+        if args.command in ("probe", "probe-truth", "probe-checkpoints"):
+            from legibility.probes import command as probe_command
+
+            return probe_command.run(args)
         if getattr(args, "editing_command", None):
             from legibility.editing import command as editing_command
 

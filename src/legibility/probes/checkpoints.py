@@ -1,0 +1,119 @@
+"""Concepts emerging during training: score every kept checkpoint of a training run.
+
+For each ``<run>/checkpoints/step-*`` (weights read with safetensors into the run's final model
+architecture): concept probes on the run's facts (relation and object labels, every layer, residual stream
+and FFN sites, last token of the prompt up to the object), top-1 fact accuracy over all templates (training
+and held-out), and, unless switched off, suppressability and the rest of the scorecard through
+:func:`legibility.training.experiment.score_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_model as load_weights
+
+from legibility.errors import LegibilityError
+from legibility.facts.render import render
+from legibility.forward import predict
+from legibility.models.loading import load_model
+from legibility.probes.activations import extract
+from legibility.probes.concept import ProbeSettings, probe_layers
+from legibility.probes.data import encode_labels, pararel_examples
+from legibility.probes.figures import checkpoints_figure
+from legibility.store import check_settings
+from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
+from legibility.training.run_config import parse_run_config
+
+
+@dataclass(frozen=True)
+class CheckpointScoring:
+    """How checkpoints are scored."""
+
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    suppressability: bool = True  # run the scorecard (integrated gradients; the slow part)
+    score_facts: int = 30  # known facts scored for suppressability
+    every: int = 1  # score only checkpoints whose step is a multiple of this
+
+
+def checkpoints_of(run_dir: Path) -> list[Path]:
+    found = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "model.safetensors").exists())
+    if not found:
+        raise LegibilityError(
+            f"{run_dir} has no checkpoints (checkpoints/step-*); train with train.keep_checkpoints > 1"
+        )
+    if not (run_dir / "model" / "config.json").exists():
+        raise LegibilityError(f"{run_dir}/model is missing: score checkpoints of a finished training run")
+    return found
+
+
+def score_checkpoints(
+    run_dir: str | Path, out_dir: str | Path, cfg: CheckpointScoring | None = None
+) -> list[dict]:
+    """One record per checkpoint (``step``, ``probe.<task>`` at the best layer, per-layer accuracies,
+    ``fact_accuracy``, scorecard metrics); finished checkpoints are read back on a rerun."""
+    run, out = Path(run_dir), Path(out_dir)
+    c = cfg or CheckpointScoring()
+    found = checkpoints_of(run)
+    check_settings(
+        out, json.loads(json.dumps({"kind": "checkpoints", "run": str(run.resolve()), **asdict(c)}))
+    )
+    run_cfg = parse_run_config(json.loads((run / "config.json").read_text()))
+    facts = all_template_facts(run_cfg)
+    lm = load_model(str(run / "model"))
+    lm.add_special_tokens = False
+    records = []
+    for ckpt in found:
+        step = int(ckpt.name.split("-")[1])
+        if step % c.every:
+            continue
+        path = out / f"{ckpt.name}.json"
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+            continue
+        load_weights(lm.model, str(ckpt / "model.safetensors"))
+        rec: dict = {"step": step}
+        for task in ("relation", "object"):
+            ex = pararel_examples(facts, task)
+            labels, _ = encode_labels(ex)
+            feats = extract(lm, [e.text for e in ex])
+            per_site = {}
+            for site, x in feats.items():
+                rows = probe_layers(x, labels, [e.group for e in ex], [e.type for e in ex], c.probe)
+                per_site[site] = [r["accuracy"].value for r in rows]
+                rec[f"probe.{task}.{site}.control"] = [r["control"].value for r in rows]
+            rec[f"probe.{task}.layers"] = per_site
+            rec[f"probe.{task}"] = float(max(max(v) for v in per_site.values()))
+        rendered = [render(lm, f) for f in facts]
+        queries = [q for r in rendered for p in r.prompts for q in p.queries]
+        pred = predict(lm, queries)
+        rec["fact_accuracy"] = float((pred.rank == 0).float().mean())
+        if c.suppressability:
+            tmp = out / ".model"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            lm.model.save_pretrained(tmp)  # type: ignore[operator]
+            lm.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+            scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts))
+            rec["known_facts"] = scored["known_facts"]
+            for k in ("suppressability", "suppression.own", "suppression.random", "neurons.per_fact"):
+                m = scored["metrics"].get(k)
+                rec[k] = m["value"] if m else float("nan")
+            shutil.rmtree(tmp)
+        path.write_text(json.dumps(rec, indent=2))
+        records.append(rec)
+    (out / "checkpoints.json").write_text(json.dumps(records, indent=2))
+    return records
+
+
+def compare_figure(runs: dict[str, list[dict]], path: Path) -> Path:
+    return checkpoints_figure(runs, path, "Concepts, facts and suppressability over training")
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    keys = ("probe.relation", "probe.object", "fact_accuracy", "suppressability", "known_facts")
+    return [{"step": r["step"], **{k: r.get(k, np.nan) for k in keys}} for r in records]

@@ -1,0 +1,139 @@
+"""CLI subcommands ``probe``, ``probe-truth`` and ``probe-checkpoints``: parse, call the library, print.
+
+The main CLI registers them with :func:`add_parser` and dispatches to :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from legibility.errors import LegibilityError
+
+COMMANDS = ("probe", "probe-truth", "probe-checkpoints")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def add_parser(subparsers) -> None:
+    """Add the probe subcommands to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("probe", help="linear probes at every layer for a labelled concept")
+    p.add_argument("--model", default="smollm2-135m", help="embedded model name, local directory or HF id")
+    p.add_argument(
+        "--data", default="pararel", help="'pararel' or a JSONL file of {text, label, group?, subject?}"
+    )
+    p.add_argument("--task", choices=("relation", "object"), default="relation", help="PARAREL label")
+    p.add_argument("--relations", default="P17,P19,P36,P37,P101,P103", help="PARAREL relations")
+    p.add_argument("--facts", type=int, default=20, help="facts per relation")
+    p.add_argument("--position", choices=("last", "subject"), default="last", help="token read")
+    p.add_argument("--sites", default="resid,ffn", help="comma-separated: resid, ffn")
+    p.add_argument("--folds", type=int, default=3, help="k of the k-fold split by fact/group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory")
+
+    p = subparsers.add_parser("probe-truth", help="truth probes, steering and the lying condition on PARAREL")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--relations", default="P17,P19,P36,P37,P101,P103,P1412,P30")
+    p.add_argument("--held-out", default="P1412,P30", help="relations only tested on")
+    p.add_argument("--facts", type=int, default=20, help="facts per relation")
+    p.add_argument("--templates", type=int, default=2, help="templates per fact")
+    p.add_argument("--known-only", action="store_true", help="only pairs the model judges right")
+    p.add_argument("--iid", action="store_true", help="also the covariance-corrected mass-mean probe")
+    p.add_argument("--ccs-restarts", type=int, default=5)
+    p.add_argument(
+        "--scales", default="1,2,4", help="steering scales (multiples of the class-mean difference)"
+    )
+    p.add_argument("--shots", type=int, default=4, help="statements in the few-shot contexts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = subparsers.add_parser("probe-checkpoints", help="score a training run's checkpoints against the step")
+    p.add_argument("runs", nargs="+", help="training run directories (legibility train --out)")
+    p.add_argument("--no-suppressability", action="store_true", help="skip the scorecard (fast)")
+    p.add_argument("--score-facts", type=int, default=30)
+    p.add_argument("--every", type=int, default=1, help="score only steps that are multiples of this")
+    p.add_argument("--out", required=True, help="output directory (one subfolder per run)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed probe subcommand; returns the exit code."""
+    import torch
+
+    from legibility.probes.concept import ProbeSettings
+    from legibility.probes.run import ConceptConfig, TruthConfig, run_concept, run_truth
+    from legibility.probes.truth import TruthSettings
+    from legibility.report.probes import write_probe_report
+
+    if args.command == "probe":
+        sites = _csv(args.sites)
+        if not sites or set(sites) - {"resid", "ffn"}:
+            raise LegibilityError("--sites takes resid, ffn or both, comma-separated")
+        cfg = ConceptConfig(
+            model=args.model,
+            source=args.data,
+            task=args.task,
+            relations=_csv(args.relations),
+            facts=args.facts,
+            position=args.position,
+            sites=sites,
+            probe=ProbeSettings(folds=args.folds, seed=args.seed),
+        )
+        res = run_concept(cfg, args.out)
+        for site, rows in res["layers"].items():
+            b = res["best_layer"][site]
+            r = rows[b]
+            print(  # noqa: T201
+                f"{site}: best layer {b}: accuracy {r['accuracy']['value']:.3f} "
+                f"[{r['accuracy']['ci_low']:.3f}, {r['accuracy']['ci_high']:.3f}], control "
+                f"{r['control']['value']:.3f}, selectivity {r['selectivity']['value']:.3f}"
+            )
+    elif args.command == "probe-truth":
+        cfg_t = TruthConfig(
+            model=args.model,
+            relations=_csv(args.relations),
+            held_out=_csv(args.held_out),
+            facts=args.facts,
+            templates=args.templates,
+            known_only=args.known_only,
+            truth=TruthSettings(iid=args.iid, ccs_restarts=args.ccs_restarts, seed=args.seed),
+            steer_scales=tuple(float(s) for s in _csv(args.scales)),
+            shots=args.shots,
+        )
+        res = run_truth(cfg_t, args.out)
+        print(json.dumps({"n_pairs": res["n_pairs"], "best_layer": res["best_layer"]}))  # noqa: T201
+    else:
+        from legibility.probes.checkpoints import CheckpointScoring, compare_figure, score_checkpoints
+
+        torch.set_num_threads(1)
+        out = Path(args.out)
+        runs = {}
+        for run_dir in args.runs:
+            name = Path(run_dir).resolve().name
+            runs[name] = score_checkpoints(
+                run_dir,
+                out / name,
+                CheckpointScoring(
+                    suppressability=not args.no_suppressability,
+                    score_facts=args.score_facts,
+                    every=args.every,
+                ),
+            )
+        compare_figure(runs, out / "checkpoints.png")
+        (out / "results.json").write_text(json.dumps({"kind": "checkpoints", "runs": runs}, indent=2))
+    page = write_probe_report(args.out)
+    print(f"results in {args.out}; report {page}")  # noqa: T201
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="legibility-probe")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Labelled texts for probes: from PARAREL (relation or object labels) or from a user's JSONL file, and
+true/false statements built from PARAREL facts.
+
+A :class:`Example` is one text with a label, the group it belongs to (the split unit: all paraphrases of one
+fact share a group, so they never straddle train and test), the control-task type (Hewitt & Liang) and,
+optionally, the subject whose last token can be the read position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from legibility.errors import LegibilityError
+from legibility.facts.types import OBJECT, Fact, slot_ends_sentence
+
+__all__ = [
+    "Example",
+    "Statement",
+    "encode_labels",
+    "load_jsonl_examples",
+    "pararel_examples",
+    "truth_statements",
+]
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    group: str  # split unit (a fact id)
+    subject: str = ""  # read at its last token when position="subject"
+    type: str = ""  # control-task type (default: the group)
+
+
+def pararel_examples(facts: Sequence[Fact], task: str, min_per_label: int = 2) -> list[Example]:
+    """One example per (fact, prompt): the prompt up to the object slot, labelled by the fact's relation or
+    object (``task``); labels with fewer than ``min_per_label`` facts are dropped. The control type is the
+    subject (a word type that can recur across facts). Prompts whose object slot comes before the subject are
+    skipped: cut before the object, they do not mention the subject."""
+    if task not in ("relation", "object"):
+        raise LegibilityError(f"unknown PARAREL probe task {task!r}; choose 'relation' or 'object'")
+    counts: dict[str, int] = {}
+    for f in facts:
+        counts[getattr(f, task)] = counts.get(getattr(f, task), 0) + 1
+    out = []
+    for f in facts:
+        label = getattr(f, task)
+        if counts[label] < min_per_label:
+            continue
+        for p in f.prompts:
+            if OBJECT not in p:
+                continue
+            text = p.split(OBJECT)[0].rstrip()
+            if f.subject in text:  # a template with the object before the subject does not ask about it
+                out.append(Example(text, label, f.id, f.subject, f.subject))
+    return out
+
+
+def load_jsonl_examples(path: str | os.PathLike) -> list[Example]:
+    """Read ``{"text": ..., "label": ..., "group"?: ..., "subject"?: ...}`` lines; a bad line is an error
+    naming the file and line. Without a group, each line is its own group."""
+    p = Path(path)
+    if not p.is_file():
+        raise LegibilityError(f"labelled-text file {p} does not exist")
+    out = []
+    with p.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LegibilityError(f"{p}:{i}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise LegibilityError(f"{p}:{i}: expected an object with 'text' and 'label'")
+            text, label = row.get("text"), row.get("label")
+            if not isinstance(text, str) or not text.strip():
+                raise LegibilityError(f"{p}:{i}: 'text' must be a non-empty string")
+            if label is None or isinstance(label, (dict, list)):
+                raise LegibilityError(f"{p}:{i}: 'label' must be a string, number or boolean")
+            subject = row.get("subject", "")
+            if not isinstance(subject, str) or (subject and subject not in text):
+                raise LegibilityError(f"{p}:{i}: 'subject' must be a string occurring in 'text'")
+            group = str(row.get("group", f"line-{i}"))
+            out.append(Example(text, str(label), group, subject, str(row.get("type", group))))
+    if len({e.label for e in out}) < 2:
+        raise LegibilityError(f"{p}: needs at least two distinct labels to probe")
+    return out
+
+
+def encode_labels(examples: Sequence[Example]) -> tuple[list[int], list[str]]:
+    """Integer label per example and the sorted label names."""
+    names = sorted({e.label for e in examples})
+    code = {n: i for i, n in enumerate(names)}
+    return [code[e.label] for e in examples], names
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A completed PARAREL sentence, true or false, and the prompt (up to the object) it completes."""
+
+    text: str  # "The capital of France is Paris."
+    prefix: str  # "The capital of France is"
+    obj: str
+    true: bool
+    fact: str  # fact id (split unit)
+    relation: str
+    subject: str
+    template: int  # index of the template among the fact's usable ones
+    other: str  # the contrasting object (the false one for a true statement and vice versa)
+
+
+def truth_statements(facts: Sequence[Fact], templates: int = 3, seed: int = 0) -> list[Statement]:
+    """For each fact, its first ``templates`` prompts whose object slot ends the sentence, completed with the
+    true object and with one false object of the same relation (drawn with ``seed``)."""
+    by_rel: dict[str, list[str]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f.object)
+    rng = random.Random(seed)
+    out = []
+    for f in facts:
+        pool = sorted(set(by_rel[f.relation]) - {f.object})
+        if not pool:
+            continue
+        false = rng.choice(pool)
+        usable = [p for p in f.prompts if slot_ends_sentence(p)][:templates]
+        for t, p in enumerate(usable):
+            prefix, tail = p.split(OBJECT)[0].rstrip(), p.split(OBJECT)[1].strip() or "."
+            for obj, true in ((f.object, True), (false, False)):
+                other = false if true else f.object
+                text = f"{prefix} {obj}{tail}"
+                out.append(Statement(text, prefix, obj, true, f.id, f.relation, f.subject, t, other))
+    return out
