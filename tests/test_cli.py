@@ -192,3 +192,19 @@ def test_unknown_independent_metric_is_refused_before_any_work(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "bogus" in err and "electrode" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_card_prints_not_available_for_an_unmeasurable_tier(capsys):
+    from legibility.cli import _print_card
+
+    nan = float("nan")
+    _print_card(
+        {
+            "suppression.same_subject": {"value": nan, "ci_low": nan, "ci_high": nan, "n": 0},
+            "specific_suppressability": {"value": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 7},
+        }
+    )
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("suppression.same_subject"))
+    assert "not available" in row and "nan" not in row
+    assert any(line.startswith("specific_suppressability") and "0.250" in line for line in out)

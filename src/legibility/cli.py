@@ -240,7 +240,16 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
             threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
         ),
         known=KnownConfig(top_k=args.known_top_k, min_share=args.known_share, limit=args.limit),
-        effects=EffectConfig(n_same=args.n_same, n_other=args.n_other, seed=args.seed) if score else None,
+        # neurons found at the subject are suppressed where they were found (every position), not only
+        # at the answer position, which they were never attributed at
+        effects=EffectConfig(
+            n_same=args.n_same,
+            n_other=args.n_other,
+            seed=args.seed,
+            where="all" if args.method == "ig-subject" else "answer",
+        )
+        if score
+        else None,
         metrics=tuple(metric_names),
         multi_token=args.multi_token,
         seed=args.seed,
@@ -307,6 +316,9 @@ def _print_card(metrics: dict[str, dict]) -> None:
     for k in [*HEADLINE, *sorted(k for k in metrics if k.startswith("independent."))]:
         if k in metrics:
             m = metrics[k]
+            if not m["n"]:  # e.g. no kept subject has facts in two relations: not measurable, not 0
+                print(f"{k:34s} {'not available':>33s}  {m['n']:5d}")
+                continue
             print(f"{k:34s} {m['value']:9.3f}  [{m['ci_low']:8.3f}, {m['ci_high']:8.3f}]  {m['n']:5d}")
 
 

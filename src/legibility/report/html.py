@@ -157,6 +157,10 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
     figures = [
         (frontier_figure(done, out / "frontier.png"), "Interpretability vs performance frontier"),
         (
+            frontier_figure(done, out / "frontier_specific.png", x_key="specific_suppressability"),
+            "Fact-specific suppressability vs performance (kill-switch neurons score 0 here)",
+        ),
+        (
             agreement_figure(done, out / "agreement.png"),
             "Agreement between interpretability metrics across trials",
         ),
