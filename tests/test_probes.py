@@ -176,7 +176,9 @@ def test_pararel_examples_group_by_fact_and_drop_rare_labels():
     assert pararel_examples(facts, "object") == []
     from legibility.facts.types import Fact
 
-    inverted = Fact("paris", "P1376", "france", ("[Y] has the capital paris .", "paris is the capital of [Y] ."))
+    inverted = Fact(
+        "paris", "P1376", "france", ("[Y] has the capital paris .", "paris is the capital of [Y] .")
+    )
     ex = pararel_examples([inverted, inverted], "relation", min_per_label=1)
     assert [e.text for e in ex] == [
         "paris is the capital of"
