@@ -100,7 +100,14 @@ def score_checkpoints(
             lm.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
             scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts))
             rec["known_facts"] = scored["known_facts"]
-            for k in ("suppressability", "suppression.own", "suppression.random", "neurons.per_fact"):
+            for k in (
+                "suppressability",
+                "specific_suppressability",
+                "suppression.own",
+                "suppression.random",
+                "suppression.same_relation",
+                "neurons.per_fact",
+            ):
                 m = scored["metrics"].get(k)
                 rec[k] = m["value"] if m else float("nan")
             shutil.rmtree(tmp)
@@ -115,5 +122,12 @@ def compare_figure(runs: dict[str, list[dict]], path: Path) -> Path:
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    keys = ("probe.relation", "probe.object", "fact_accuracy", "suppressability", "known_facts")
+    keys = (
+        "probe.relation",
+        "probe.object",
+        "fact_accuracy",
+        "suppressability",
+        "specific_suppressability",
+        "known_facts",
+    )
     return [{"step": r["step"], **{k: r.get(k, np.nan) for k in keys}} for r in records]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from legibility.report.plotting import pyplot
 
 
 def _band(ax, rows: list[dict], key: str, label: str, color: str, style: str = "-") -> None:
@@ -22,6 +20,7 @@ def _band(ax, rows: list[dict], key: str, label: str, color: str, style: str = "
 
 def accuracy_figure(layers: dict[str, list[dict]], chance: float, path: Path, title: str) -> Path:
     """Held-out accuracy (and control accuracy) by layer for every site, 95% CI bands."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colors = {"resid": "#3b6ea8", "ffn": "#d08c2f"}
     for site, rows in layers.items():
@@ -42,6 +41,7 @@ def accuracy_figure(layers: dict[str, list[dict]], chance: float, path: Path, ti
 
 def truth_figure(layers: list[dict], model_pair: dict, path: Path, title: str) -> Path:
     """Pair accuracy on held-out relations by layer for each truth probe; the model's own judgement as a line."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colors = {"logistic": "#3b6ea8", "mass_mean": "#d08c2f", "mass_mean_iid": "#8c6bb1", "ccs": "#6aa56a"}
     for method, c in colors.items():
@@ -62,6 +62,7 @@ def truth_figure(layers: list[dict], model_pair: dict, path: Path, title: str) -
 
 def lying_figure(layers: dict[str, list[dict]], path: Path, title: str) -> Path:
     """Truth-probe pair accuracy by layer in plain, truthful-context and lying-context prompts."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colors = {"plain": "#555", "truthful": "#3b6ea8", "lying": "#c33"}
     for cond, rows in layers.items():
@@ -79,12 +80,15 @@ def lying_figure(layers: dict[str, list[dict]], path: Path, title: str) -> Path:
 
 
 def checkpoints_figure(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
-    """Per run, against step: best-layer probe accuracy (relation, object), fact accuracy, suppressability."""
+    """Per run, against step: best-layer probe accuracy (relation, object), fact accuracy, suppressability and
+    its fact-specific form."""
+    plt = pyplot()
     keys = [
         ("probe.relation", "relation probe (best layer)"),
         ("probe.object", "object probe (best layer)"),
         ("fact_accuracy", "fact accuracy"),
         ("suppressability", "suppressability"),
+        ("specific_suppressability", "specific suppressability"),
     ]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), sharex=True)
     for ax, (key, label) in zip(axes, keys, strict=True):
