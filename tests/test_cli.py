@@ -208,3 +208,18 @@ def test_card_prints_not_available_for_an_unmeasurable_tier(capsys):
     row = next(line for line in out if line.startswith("suppression.same_subject"))
     assert "not available" in row and "nan" not in row
     assert any(line.startswith("specific_suppressability") and "0.250" in line for line in out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["score", "--out", "OUT", "--device", "tpu"], "unknown device 'tpu'"),
+        (["report", "MISSING"], "is not a directory"),
+    ],
+)
+def test_device_and_report_errors_come_before_heavy_imports(tmp_path, argv, message):
+    argv = [str(tmp_path / a) if a in ("OUT", "MISSING") else a for a in argv]
+    code = f"import sys; from legibility.cli import main; rc = main({argv!r}); print('torch' in sys.modules); sys.exit(rc)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stdout.strip() == "False"  # torch was never imported

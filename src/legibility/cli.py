@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(path: Path, cards: int) -> Path:
     """A sweep directory gets the sweep report; anything else must be a finished run."""
+    if not path.is_dir():  # before the heavy imports
+        raise LegibilityError(
+            f"{path} is not a directory; give a `score`, `neurons` or `sweep` output folder"
+        )
     if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
         from legibility.report.html import write_report
 

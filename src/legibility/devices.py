@@ -69,10 +69,22 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def device_name(text: str) -> str:
+    """``--device`` as given, checked for its form without importing torch (availability is checked when
+    the model loads)."""
+    import re
+
+    name = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype`` for a command that runs a model (pass them on to ``load_model``)."""
     parser.add_argument(
         "--device",
+        type=device_name,
         default="auto",
         help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: %(default)s)",
     )
