@@ -246,3 +246,15 @@ def test_pair_accuracy_counts_ties_as_half():
     np.testing.assert_array_equal(
         pair_correct(np.array([2.0, 1.0, 1.0]), np.array([1.0, 2.0, 1.0])), [1, 0, 0.5]
     )
+
+
+def test_last_logprobs_of_padded_batches_equal_each_prompt_alone():
+    from helpers import tiny_lm
+    from legibility.probes.truth import last_logprobs
+
+    lm = tiny_lm("llama")
+    texts = ["The capital of France is", "Paris is the", "A"]
+    got = torch.cat(list(last_logprobs(lm, texts, batch_size=2)))
+    for i, text in enumerate(texts):
+        ref = lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1].float().log_softmax(-1)
+        assert torch.allclose(got[i], ref, atol=1e-5)

@@ -37,6 +37,15 @@ def make_batch(lm: LoadedModel, queries: Sequence[Query]) -> Batch:
     )
 
 
+def prompt_batch(lm: LoadedModel, texts: Sequence[str]) -> Batch:
+    """Right-padded batch of plain texts, read at each text's last token (targets are not set: 0)."""
+    queries = []
+    for text in texts:
+        ids = lm.encode(text)
+        queries.append(Query(tuple(ids), len(ids) - 1, 0))
+    return make_batch(lm, queries)
+
+
 @contextlib.contextmanager
 def head_at(lm: LoadedModel, positions: Tensor) -> Iterator[None]:
     """Make the LM head compute logits only at ``positions[b]`` of each row: logits come out [batch, 1, vocab].

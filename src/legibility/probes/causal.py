@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from legibility.errors import LegibilityError
-from legibility.forward import head_at
+from legibility.forward import head_at, prompt_batch
 from legibility.models.loading import LoadedModel
 from legibility.probes.data import Statement
 
@@ -74,20 +74,11 @@ def judgements(
     batch_size: int = 16,
 ) -> Tensor:
     """m = log p(" True") - log p(" False") [n] after each prompt, optionally steered at its last token."""
-    device = next(lm.model.parameters()).device
     yes, no = token_id(lm, " True"), token_id(lm, " False")
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
     out = []
     for start in range(0, len(prompts), batch_size):
-        enc = [lm.encode(p) for p in prompts[start : start + batch_size]]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e, device=device)
-            mask[i, : len(e)] = 1
-        last = torch.tensor([len(e) - 1 for e in enc], device=device)
+        batch = prompt_batch(lm, prompts[start : start + batch_size])
+        ids, mask, last = batch.input_ids, batch.attention_mask, batch.positions
         ctx = (
             add_to_residual(lm, layer, vector, last)
             if layer is not None and vector is not None

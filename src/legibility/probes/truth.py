@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from legibility.facts.render import target_ids
-from legibility.forward import head_at
+from legibility.forward import head_at, prompt_batch
 from legibility.metrics.stats import Estimate
 from legibility.models.loading import LoadedModel
 from legibility.probes.data import Statement
@@ -71,20 +71,10 @@ def usable_pairs(lm: LoadedModel, statements: Sequence[Statement]) -> list[State
 @torch.no_grad()
 def last_logprobs(lm: LoadedModel, prefixes: Sequence[str], batch_size: int = 16) -> Iterator[Tensor]:
     """log p(next token) [batch, vocab] after each prefix, batch by batch (right-padded)."""
-    device = next(lm.model.parameters()).device
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
     for start in range(0, len(prefixes), batch_size):
-        enc = [lm.encode(p) for p in prefixes[start : start + batch_size]]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e, device=device)
-            mask[i, : len(e)] = 1
-        last = torch.tensor([len(e) - 1 for e in enc], device=device)
-        with head_at(lm, last):
-            logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        batch = prompt_batch(lm, prefixes[start : start + batch_size])
+        with head_at(lm, batch.positions):
+            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, 0]
         yield logits.float().log_softmax(-1)
 
 
