@@ -284,6 +284,21 @@ def test_sweep_killed_mid_trial_resumes(tmp_path):
     assert [r["status"] for r in rows] == ["done", "done"]
     final = json.loads((b_dir / "train" / "model" / "final.json").read_text())
     assert final["step"] == base["train"]["steps"]
+    # resumed == uninterrupted: the same sweep run in one go scores every trial identically
+    whole = tmp_path / "whole"
+    cmd_whole = [*cmd[: cmd.index("--out") + 1], str(whole), "--no-progress"]
+    done = subprocess.run(cmd_whole, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with ResultsStore(whole / "results.duckdb") as store:
+        uninterrupted = store.rows()
+
+    def results(rs: list[dict]) -> dict:
+        return {
+            r["trial_id"]: (r["metrics"], r["train"].get("val_loss"), r["train"].get("fact_accuracy"))
+            for r in rs
+        }
+
+    assert results(rows) == results(uninterrupted)
 
 
 def test_pareto_front_and_spearman():
