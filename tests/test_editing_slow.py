@@ -67,3 +67,30 @@ def test_neuron_card_and_perplexity_on_smollm2(lm):
     assert [t.id for t in card.promoted] == torch.topk(logits, 10).indices.tolist()
     assert card.contexts[0].source == "facts"  # it fires hardest on the capital prompts
     assert 3.0 < perplexity(lm, text) < 60.0
+
+
+def test_edit_eval_resumed_and_rerun_equal_an_uninterrupted_run(smollm, pararel_dir, tmp_path):
+    """edit-eval's files after a no-op rerun, and after a run cut short mid-edits and resumed, are the
+    uninterrupted run's, byte for byte."""
+    import shutil
+
+    from legibility.editing.experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(
+        relation="P36", n_facts=2, held_out=1, others=("P103",), n_others=2, data_dir=str(pararel_dir)
+    )
+    whole = tmp_path / "whole"
+    run_experiment(smollm, whole, cfg, progress=False)
+    files = {name: (whole / name).read_bytes() for name in ("edits.jsonl", "erase.json", "summary.json")}
+    assert len(files["edits.jsonl"].splitlines()) >= 2
+
+    cut = tmp_path / "cut"  # as if killed after the first edit record
+    shutil.copytree(whole, cut)
+    (cut / "edits.jsonl").write_bytes(files["edits.jsonl"].splitlines(keepends=True)[0])
+    (cut / "erase.json").unlink()
+    (cut / "summary.json").unlink()
+    run_experiment(smollm, cut, cfg, progress=False)
+    run_experiment(smollm, whole, cfg, progress=False)  # a no-op rerun
+    for name, content in files.items():
+        assert (cut / name).read_bytes() == content, name
+        assert (whole / name).read_bytes() == content, name
