@@ -29,13 +29,13 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from legibility.errors import LegibilityError
-from legibility.facts.render import render
 from legibility.facts.types import Query
 from legibility.forward import Batch, make_batch
 from legibility.models.loading import LoadedModel
 from legibility.training.regularizers.base import Regularizer, RegularizerConfig, Setup, StepContext, register
 from legibility.training.regularizers.suppressability import (
     attributions,
+    fact_queries,
     shuffle_within_layers,
     soft_topk_mask,
     suppressed_p,
@@ -104,16 +104,7 @@ def partner_pairs(
 class SpecificSuppressability(Regularizer[SpecificConfig]):
     def __init__(self, config: SpecificConfig, setup: Setup):
         super().__init__(config, setup)
-        if setup.corpus is None or not setup.corpus.train_facts:
-            raise LegibilityError(
-                "the specific_suppressability regularizer needs facts in the corpus (data.world or data.pararel)"
-            )
-        self.lm = LoadedModel(setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=False)
-        self.queries = [
-            (f.relation, f.id, pq.queries[0])
-            for f in setup.corpus.train_facts
-            for pq in render(self.lm, f).prompts
-        ]
+        self.lm, self.queries = fact_queries(setup, "specific_suppressability")
         facts_by_rel: dict[str, set[str]] = defaultdict(set)
         for rel, fid, _ in self.queries:
             facts_by_rel[rel].add(fid)

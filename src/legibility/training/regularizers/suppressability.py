@@ -33,6 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
+from legibility.facts.types import Query
 from legibility.forward import Batch, answer_logits, make_batch
 from legibility.models.loading import LoadedModel
 from legibility.training.regularizers.base import Regularizer, RegularizerConfig, Setup, StepContext, register
@@ -178,20 +179,30 @@ def _loss(
     return loss
 
 
+def fact_queries(setup: Setup, name: str) -> tuple[LoadedModel, list[tuple[str, str, Query]]]:
+    """The model being trained, wrapped for the library, and (relation, fact id, first query) of every
+    prompt of the corpus' training facts whose target is a single token; the objectives sample these."""
+    if setup.corpus is None or not setup.corpus.train_facts:
+        raise LegibilityError(
+            f"the {name} regularizer needs facts in the corpus (data.world or data.pararel)"
+        )
+    lm = LoadedModel(setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=False)
+    queries = [
+        (f.relation, f.id, pq.queries[0]) for f in setup.corpus.train_facts for pq in render(lm, f).prompts
+    ]
+    if not queries:
+        raise LegibilityError(
+            "no fact prompt renders to a single-token target; the objective has nothing to use"
+        )
+    return lm, queries
+
+
 @register("suppressability", SuppressabilityConfig, "differentiable suppressability (meta-gradients)")
 class Suppressability(Regularizer[SuppressabilityConfig]):
     def __init__(self, config: SuppressabilityConfig, setup: Setup):
         super().__init__(config, setup)
-        if setup.corpus is None or not setup.corpus.train_facts:
-            raise LegibilityError(
-                "the suppressability regularizer needs facts in the corpus (data.world or data.pararel)"
-            )
-        self.lm = LoadedModel(setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=False)
-        self.queries = [pq.queries[0] for f in setup.corpus.train_facts for pq in render(self.lm, f).prompts]
-        if not self.queries:
-            raise LegibilityError(
-                "no fact prompt renders to a single-token target; the objective has nothing to use"
-            )
+        self.lm, facts = fact_queries(setup, "suppressability")
+        self.queries = [q for _, _, q in facts]
         self.seed = setup.seed
 
     def weight(self, step: int, total: int) -> float:
