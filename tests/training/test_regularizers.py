@@ -263,3 +263,11 @@ def test_explicit_dropout_penalty_estimates_the_wei_kakade_ma_regularizer():
         estimate = float(reg.penalty(ctx))
     assert expected > 0
     assert estimate == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["suppressability", "specific_suppressability"])
+def test_fact_objectives_without_facts_say_what_they_need(name):
+    lm = tiny_lm("gpt2")
+    spec = REGULARIZERS[name]
+    with pytest.raises(LegibilityError, match=f"the {name} regularizer needs facts in the corpus"):
+        spec.build(spec.config(), Setup(lm.model, lm.sites, lm.tokenizer))
