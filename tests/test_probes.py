@@ -258,3 +258,12 @@ def test_last_logprobs_of_padded_batches_equal_each_prompt_alone():
     for i, text in enumerate(texts):
         ref = lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1].float().log_softmax(-1)
         assert torch.allclose(got[i], ref, atol=1e-5)
+
+
+def test_labelled_text_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    from legibility.probes.data import load_jsonl_examples
+
+    bad = tmp_path / "labels.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9", "label": "a"}\n')
+    with pytest.raises(LegibilityError, match="is not UTF-8 text"):
+        load_jsonl_examples(bad)

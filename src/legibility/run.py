@@ -184,14 +184,7 @@ def load_inputs(source: FactSource) -> Inputs:
         from legibility.facts.jsonl import load_jsonl_facts
 
         path = Path(source.facts_file)
-        if path.is_file():
-            try:
-                path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise LegibilityError(
-                    f"facts file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 and rerun"
-                ) from None
-        facts = load_jsonl_facts(path)
+        facts = load_jsonl_facts(path)  # a missing or non-UTF-8 file: one line naming it
         return Inputs(facts, {path.name: sha256_file(path)}, user_file=True)
     from legibility.facts.pararel import find_pararel, load_pararel, pararel_relations
 

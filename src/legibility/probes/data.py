@@ -8,14 +8,13 @@ optionally, the subject whose last token can be the read position.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from legibility.errors import LegibilityError
+from legibility.facts.jsonl import jsonl_objects
 from legibility.facts.types import OBJECT, Fact, slot_ends_sentence
 
 __all__ = [
@@ -64,32 +63,20 @@ def pararel_examples(facts: Sequence[Fact], task: str, min_per_label: int = 2) -
 def load_jsonl_examples(path: str | os.PathLike) -> list[Example]:
     """Read ``{"text": ..., "label": ..., "group"?: ..., "subject"?: ...}`` lines; a bad line is an error
     naming the file and line. Without a group, each line is its own group."""
-    p = Path(path)
-    if not p.is_file():
-        raise LegibilityError(f"labelled-text file {p} does not exist")
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LegibilityError(f"{p}:{i}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise LegibilityError(f"{p}:{i}: expected an object with 'text' and 'label'")
-            text, label = row.get("text"), row.get("label")
-            if not isinstance(text, str) or not text.strip():
-                raise LegibilityError(f"{p}:{i}: 'text' must be a non-empty string")
-            if label is None or isinstance(label, (dict, list)):
-                raise LegibilityError(f"{p}:{i}: 'label' must be a string, number or boolean")
-            subject = row.get("subject", "")
-            if not isinstance(subject, str) or (subject and subject not in text):
-                raise LegibilityError(f"{p}:{i}: 'subject' must be a string occurring in 'text'")
-            group = str(row.get("group", f"line-{i}"))
-            out.append(Example(text, str(label), group, subject, str(row.get("type", group))))
+    for where, i, row in jsonl_objects(path, "labelled-text file", "'text' and 'label'"):
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str) or not text.strip():
+            raise LegibilityError(f"{where}: 'text' must be a non-empty string")
+        if label is None or isinstance(label, (dict, list)):
+            raise LegibilityError(f"{where}: 'label' must be a string, number or boolean")
+        subject = row.get("subject", "")
+        if not isinstance(subject, str) or (subject and subject not in text):
+            raise LegibilityError(f"{where}: 'subject' must be a string occurring in 'text'")
+        group = str(row.get("group", f"line-{i}"))
+        out.append(Example(text, str(label), group, subject, str(row.get("type", group))))
     if len({e.label for e in out}) < 2:
-        raise LegibilityError(f"{p}: needs at least two distinct labels to probe")
+        raise LegibilityError(f"{path}: needs at least two distinct labels to probe")
     return out
 
 
