@@ -20,7 +20,8 @@ continues where it stopped. Executors live in one registry:
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,14 +182,39 @@ def ray_executor(
     cfg: ShardConfig,
     key: Callable[[Any], str],
 ) -> None:
+    with ray_runtime(cfg.address) as ray:
+        _run_fact_workers(ray, factory, facts, record, model, cfg, key)
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None) -> Iterator[Any]:
+    """The ``ray`` module, connected to ``address`` (None: a local runtime) for the duration; a runtime
+    this call started is shut down after. Used by fact sharding and by sweeps."""
     try:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
     except ImportError as e:
         raise LegibilityError("the ray executor needs Ray: pip install 'legibility[ray]'") from e
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run_fact_workers(
+    ray: Any,
+    factory: ComputeFactory,
+    facts: Sequence[Any],
+    record: Record,
+    model: ModelSpec | None,
+    cfg: ShardConfig,
+    key: Callable[[Any], str],
+) -> None:
+    from ray.exceptions import RayActorError, RayTaskError
+
     actors: list = []
     try:
         resources = ray.cluster_resources()
@@ -240,8 +266,6 @@ def ray_executor(
     finally:
         for a in actors:
             ray.kill(a)
-        if started_here:
-            ray.shutdown()
 
 
 def shard_config(ray_address: str | None, workers: int | None) -> ShardConfig:

@@ -14,7 +14,6 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from safetensors.torch import load_model as load_weights
 
 from legibility.errors import LegibilityError
@@ -119,15 +118,3 @@ def score_checkpoints(
 
 def compare_figure(runs: dict[str, list[dict]], path: Path) -> Path:
     return checkpoints_figure(runs, path, "Concepts, facts and suppressability over training")
-
-
-def summary_rows(records: list[dict]) -> list[dict]:
-    keys = (
-        "probe.relation",
-        "probe.object",
-        "fact_accuracy",
-        "suppressability",
-        "specific_suppressability",
-        "known_facts",
-    )
-    return [{"step": r["step"], **{k: r.get(k, np.nan) for k in keys}} for r in records]

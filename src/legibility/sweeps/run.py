@@ -113,15 +113,10 @@ def local_executor(
 def ray_executor(
     jobs: Sequence[Job], cfg: ExecutorConfig, start: OnStart, done: OnDone, fail: OnFail
 ) -> None:
-    try:
-        import ray
-    except ImportError as e:
-        raise LegibilityError("the ray executor needs Ray: pip install 'legibility[ray]'") from e
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(run_trial)
-    try:
+    from legibility.sharding import ray_runtime
+
+    with ray_runtime(cfg.address) as ray:
+        remote = ray.remote(num_cpus=1)(run_trial)
         pending = {}
         for trial, trial_dir, score in jobs:
             start(trial)
@@ -133,9 +128,6 @@ def ray_executor(
                 done(trial, ray.get(ready[0]))
             except Exception as e:  # RayTaskError wraps the trial's own exception
                 fail(trial, _error(getattr(e, "cause", None) or e))
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def trial_dir(out: Path, trial: Trial) -> Path:
