@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -91,3 +92,34 @@ def test_text_source_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(LegibilityError, match="not UTF-8"):
         build_corpus(DataConfig(world=None, text=TextSource(dir=str(tmp_path))))
+
+
+def test_held_out_text_lines_never_reach_training(tmp_path):
+    """data.text.val_lines holds out distinct lines (every copy of them) for the general-text loss."""
+    import itertools
+
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    lines = [" ".join(c) for c in itertools.permutations(words, 3)]  # 120 distinct lines, 6 words
+    (tmp_path / "a.txt").write_text("\n".join(lines + lines[:30]) + "\n", encoding="utf-8")  # repeats
+    data = DataConfig(
+        world=WorldConfig(n_subjects=10, n_relations=2, n_objects=5),
+        text=TextSource(dir=str(tmp_path), share=0.5, val_lines=0.25),
+        n_sentences=400,
+        tokenizer=TokenizerConfig(vocab_size=400),
+    )
+    corpus = build_corpus(data)
+    tok = corpus.tokenizer
+
+    def docs(ids):
+        return {d.strip() for d in tok.decode(ids.tolist()).split("[EOS]") if d.strip()}
+
+    held, trained = docs(corpus.text_val_ids), docs(corpus.train_ids) | docs(corpus.val_ids)
+    assert len(held) == 30 and held <= set(lines)
+    assert not held & trained and (set(lines) - held) & trained
+    assert torch.equal(build_corpus(data).text_val_ids, corpus.text_val_ids)  # deterministic
+    batches = corpus.text_val_batches(100, 4, 8)
+    assert batches and all(b.shape[1] == 9 for b in batches)
+    none = build_corpus(dataclasses.replace(data, text=TextSource(dir=str(tmp_path), val_lines=0.0)))
+    assert none.text_val_ids is None and none.text_val_batches(4, 4, 8) == []
+    with pytest.raises(LegibilityError, match="val_lines"):
+        build_corpus(dataclasses.replace(data, text=TextSource(dir=str(tmp_path), val_lines=1.0)))

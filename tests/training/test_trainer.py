@@ -171,3 +171,33 @@ def test_non_finite_gradient_stops_before_the_update(tmp_path, monkeypatch):
     with pytest.raises(LegibilityError, match="gradient norm became inf at step 0"):
         trainer.train_step(0)
     assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), before, strict=True))
+
+
+def test_text_validation_loss_equals_the_plain_hf_loss(tmp_path):
+    """text_val_loss is the token-weighted mean of HF's own next-token loss over the held-out text lines."""
+    import dataclasses
+    import itertools
+
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa"]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt").write_text(
+        "\n".join(" ".join(c) for c in itertools.permutations(words, 4)) + "\n", encoding="utf-8"
+    )
+    cfg = tiny_cfg(steps=10)
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            cfg.data, text=TextSource(dir=str(tmp_path / "t"), share=0.3, val_lines=0.1)
+        ),
+    )
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    final = trainer.fit()
+    assert trainer.text_val and "text_val_loss" in final
+    total = count = 0.0
+    with torch.no_grad():
+        for b in trainer.text_val:
+            n = b[:, 1:].numel()
+            total += float(trainer.model(input_ids=b, labels=b).loss) * n  # HF shifts labels itself
+            count += n
+    assert final["text_val_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert final["text_val_loss"] != pytest.approx(final["val_loss"], rel=1e-3)

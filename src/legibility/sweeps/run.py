@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -96,7 +97,11 @@ def local_executor(
                 done(trial, result)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads and DuckDB
-    with cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+    # each worker gets its share of the cores (torch's default, all cores per worker, oversubscribes them)
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    with cf.ProcessPoolExecutor(
+        max_workers=cfg.workers, mp_context=ctx, initializer=_worker_threads, initargs=(threads,)
+    ) as pool:
         futures = {}
         for trial, trial_dir, score in jobs:
             start(trial)
@@ -107,6 +112,12 @@ def local_executor(
                 done(trial, fut.result())
             except Exception as e:
                 fail(trial, _error(e))
+
+
+def _worker_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 @EXECUTORS.register("ray")
@@ -154,6 +165,9 @@ def run_sweep(
         status = store.status()
         skip = {"done"} | (set() if retry_failed else {"failed"})
         todo = [t for t in cfg.trials if status.get(t.id) not in skip]
+        # seed-major order: a sweep stopped part-way has every variant and grid point at its first seeds
+        seed_rank = {s: i for i, s in enumerate(dict.fromkeys(t.seed for t in cfg.trials))}
+        todo.sort(key=lambda t: seed_rank[t.seed])
         bar = tqdm(
             total=len(cfg.trials),
             initial=len(cfg.trials) - len(todo),

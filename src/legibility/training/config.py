@@ -59,6 +59,7 @@ class TextSource:
 
     dir: str = ""  # the folder
     share: float = 0.2  # fraction of the corpus' sentences/lines taken from this folder
+    val_lines: float = 0.05  # fraction of the folder's distinct lines held out of training (text_val_loss)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("data.pararel.limit", 1, None, True, False),
     ("data.pararel.held_out_templates", 0, None, True, False),
     ("data.text.share", 0.0, 1.0, False, True),
+    ("data.text.val_lines", 0.0, 0.5, True, True),
     ("train.steps", 1, None, True, False),
     ("train.batch_size", 1, None, True, False),
     ("train.seq_len", 2, None, True, False),

@@ -2,7 +2,9 @@
 
 Sentences from all sources are shuffled into documents, tokenized by a tokenizer trained on them with
 `tokenizers`, and joined (each followed by the end-of-sequence token) into one token stream whose tail is
-the validation split. A training batch is a set of random windows of that stream; the windows of step
+the validation split. Text lines have their own held-out split (``data.text.val_lines`` of the distinct
+lines, never trained on), so a general-text validation loss measures what a variant costs beyond the facts.
+A training batch is a set of random windows of that stream; the windows of step
 ``t`` depend only on ``(seed, t)``, which makes batches reproducible after a resume without saved state.
 """
 
@@ -33,6 +35,7 @@ class Corpus:
     val_ids: Tensor  # [n_val_tokens] long
     train_facts: list[Fact]  # prompts = training templates (seen in the corpus)
     eval_facts: list[Fact]  # prompts = held-out templates (never in the corpus)
+    text_val_ids: Tensor | None = None  # held-out text lines, joined with EOS (None: no text configured)
 
     @property
     def vocab_size(self) -> int:
@@ -49,17 +52,28 @@ class Corpus:
 
     def val_batches(self, n: int, batch_size: int, seq_len: int) -> list[Tensor]:
         """The first ``n`` batches of consecutive validation windows (fixed across evaluations)."""
-        stride = seq_len + 1
-        starts = torch.arange(0, self.val_ids.numel() - stride + 1, stride)
-        if starts.numel() == 0:
-            raise LegibilityError(
-                f"the validation split ({self.val_ids.numel()} tokens) is shorter than one sequence; "
-                "raise data.n_sentences or data.val_fraction"
-            )
-        return [
-            _windows(self.val_ids, starts[i : i + batch_size], seq_len)
-            for i in range(0, min(n * batch_size, starts.numel()), batch_size)
-        ]
+        return _val_batches(
+            self.val_ids, n, batch_size, seq_len, "raise data.n_sentences or data.val_fraction", "validation"
+        )
+
+    def text_val_batches(self, n: int, batch_size: int, seq_len: int) -> list[Tensor]:
+        """Up to ``n`` batches of consecutive windows of the held-out text lines ([] without text)."""
+        if self.text_val_ids is None:
+            return []
+        return _val_batches(
+            self.text_val_ids, n, batch_size, seq_len, "raise data.text.val_lines", "held-out text"
+        )
+
+
+def _val_batches(ids: Tensor, n: int, batch_size: int, seq_len: int, fix: str, what: str) -> list[Tensor]:
+    stride = seq_len + 1
+    starts = torch.arange(0, ids.numel() - stride + 1, stride)
+    if starts.numel() == 0:
+        raise LegibilityError(f"the {what} split ({ids.numel()} tokens) is shorter than one sequence; {fix}")
+    return [
+        _windows(ids, starts[i : i + batch_size], seq_len)
+        for i in range(0, min(n * batch_size, starts.numel()), batch_size)
+    ]
 
 
 def _windows(ids: Tensor, starts: Tensor, seq_len: int) -> Tensor:
@@ -148,11 +162,12 @@ def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:
         eval_facts += te
         weighted += [(f, 1.0 / len(tr)) for f in tr]  # uniform over PARAREL facts
     docs: list[str] = []
+    held_text: list[str] = []
     if weighted:
         picks = rng.choices([f for f, _ in weighted], weights=[w for _, w in weighted], k=cfg.n_sentences)
         docs = [rng.choice(f.prompts).replace(OBJECT, f.object) for f in picks]
     if cfg.text is not None:
-        lines = _text_lines(cfg.text)
+        lines, held_text = _hold_out(_text_lines(cfg.text), cfg.text.val_lines, cfg.seed)
         share = cfg.text.share
         if not 0.0 < share <= 1.0:
             raise LegibilityError(f"data.text.share must be in (0, 1], got {share}")
@@ -167,4 +182,23 @@ def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
     n_val = max(int(stream.numel() * cfg.val_fraction), 1)
-    return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts)
+    text_val = None
+    if held_text:
+        held_ids = tokenizer(held_text, add_special_tokens=False)["input_ids"]
+        text_val = torch.tensor([t for ids in held_ids for t in (*ids, eos)], dtype=torch.long)
+    return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts, text_val)
+
+
+def _hold_out(lines: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training lines, held-out lines): ``fraction`` of the distinct lines, chosen by ``seed``, are held out
+    and every copy of them leaves the training lines (a repeated line cannot leak into validation)."""
+    distinct = sorted(set(lines))
+    n_held = round(len(distinct) * fraction)
+    if n_held == 0:
+        return lines, []
+    if n_held >= len(distinct):
+        raise LegibilityError(
+            f"data.text.val_lines = {fraction} holds out all {len(distinct)} distinct text lines; lower it"
+        )
+    held = set(random.Random(f"text-val|{seed}").sample(distinct, n_held))
+    return [ln for ln in lines if ln not in held], sorted(held)

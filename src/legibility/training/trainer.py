@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from legibility.errors import LegibilityError
@@ -112,6 +113,10 @@ class Trainer:
         self.eval_queries = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
         self.val = self.corpus.val_batches(
             config.train.eval_batches, config.train.batch_size, config.train.seq_len
+        )
+        # the general-text loss decides a variant's cost in nats: up to 4x the batches of the mixed loss
+        self.text_val = self.corpus.text_val_batches(
+            4 * config.train.eval_batches, config.train.batch_size, config.train.seq_len
         )
         self.step = 0
         self.last: dict = {}
@@ -247,20 +252,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Validation loss and top-1 accuracy on the held-out-template fact prompts."""
+        """Validation loss (the held-out tail of the stream), the loss on held-out text lines (when text is
+        configured) and top-1 accuracy on the held-out-template fact prompts."""
         self.model.eval()
-        losses = []
-        for b in self.val:
-            logits = self.model(input_ids=b[:, :-1]).logits
-            losses.append(
-                float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), b[:, 1:].reshape(-1)))
-            )
-        out = {"val_loss": sum(losses) / len(losses)}
+        out = {"val_loss": self._mean_loss(self.val)}
+        if self.text_val:
+            out["text_val_loss"] = self._mean_loss(self.text_val)
         if self.eval_queries:
             pred = predict(self.lm, self.eval_queries)
             out["fact_accuracy"] = float((pred.rank == 0).float().mean())
             out["fact_p"] = float(pred.prob.mean())
         return out
+
+    def _mean_loss(self, batches: Sequence[Tensor]) -> float:
+        """Mean next-token cross-entropy (nats/token) over ``batches`` of windows [batch, seq_len + 1]."""
+        total, count = 0.0, 0
+        for b in batches:
+            logits = self.model(input_ids=b[:, :-1]).logits
+            targets = b[:, 1:].reshape(-1)
+            total += float(
+                F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+            )
+            count += targets.numel()
+        return total / count
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> dict:
         """Train to ``train.steps`` (from the latest checkpoint if any); returns the final metrics."""
