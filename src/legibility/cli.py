@@ -197,6 +197,12 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="sweep or score directory")
     p.add_argument(
+        "--baseline",
+        default=None,
+        help="sweeps: the variant every other is compared with, paired by grid point and seed, in study.md "
+        "(default: 'none' when the sweep has it)",
+    )
+    p.add_argument(
         "--cards", type=NON_NEGATIVE, default=3, help="score directories: facts whose neurons get cards"
     )
 
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in interop_command.COMMANDS:
             return interop_command.run(args)
         if args.command == "report":
-            page = _report(Path(args.dir), args.cards)
+            page = _report(Path(args.dir), args.cards, args.baseline)
             print(f"report: {page}")
             return 0
         if args.command == "results":
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _report(path: Path, cards: int) -> Path:
+def _report(path: Path, cards: int, baseline: str | None = None) -> Path:
     """A sweep directory gets the sweep report; anything else must be a finished run."""
     if not path.is_dir():  # before the heavy imports
         raise LegibilityError(
@@ -415,7 +421,7 @@ def _report(path: Path, cards: int) -> Path:
     if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
         from legibility.report.html import write_report
 
-        return write_report(path)
+        return write_report(path, baseline=baseline)
     from legibility.report.run_report import write_run_report
 
     return write_run_report(path, cards)

@@ -63,7 +63,12 @@ def frontier_figure(rows: Sequence[dict], path: str | Path, x_key: str = "suppre
     palette = list(plt.matplotlib.colors.TABLEAU_COLORS.values())
     colors = {v: palette[i % len(palette)] for i, v in enumerate(sorted(xs))}
 
-    for ax, (y_key, y_label, y_higher) in zip(axes, PERFORMANCE, strict=True):
+    panels = list(PERFORMANCE)
+    if rows and all(
+        "text_val_loss" in trial_metrics(r) for r in rows
+    ):  # the general-text loss, when held out
+        panels[1] = ("text_val_loss", "validation loss on held-out text", False)
+    for ax, (y_key, y_label, y_higher) in zip(axes, panels, strict=True):
         ys = by_variant(rows, y_key)
         means = {}
         for r in rows:

@@ -20,6 +20,7 @@ SUMMARY = (
     "neurons.per_fact",
     "fact_accuracy",
     "val_loss",
+    "text_val_loss",
 )
 
 CSS = """
@@ -87,7 +88,39 @@ def _card(row: dict) -> str:
     )
 
 
-def render_report(rows: Sequence[dict], title: str, figures: Sequence[tuple[Path, str]]) -> str:
+def _study_section(study: dict | None) -> str:
+    """The study's per-cell table and hypothesis sentences (markdown bold/code turned into HTML)."""
+    if not study:
+        return ""
+    import re
+
+    from legibility.report.study import study_markdown
+
+    parts, table = [], []
+    for line in study_markdown(study).splitlines():
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                table.append(line.strip("|").split("|"))
+            continue
+        if table:
+            head, *body = table
+            cells = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body
+            )
+            parts.append(f"<table><tr>{cells}</tr>{rows}</table>")
+            table = []
+        if line.strip():
+            text = html.escape(line.removeprefix("- "))
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+            text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+            parts.append(f"<p>{text}</p>")
+    return "<h2>Study: variants against the baseline</h2>" + "".join(parts)
+
+
+def render_report(
+    rows: Sequence[dict], title: str, figures: Sequence[tuple[Path, str]], study: dict | None = None
+) -> str:
     done = [r for r in rows if r.get("status") == "done"]
     counts: dict[str, int] = {}
     for r in rows:
@@ -101,6 +134,7 @@ def render_report(rows: Sequence[dict], title: str, figures: Sequence[tuple[Path
 <h1>{html.escape(title)}</h1>
 <p>{len(rows)} trials: {status}. Values are mean &plusmn; standard deviation over seeds.</p>
 {_summary_table(done)}
+{_study_section(study)}
 {figs}
 <h2>Trials</h2><div class="cards">{cards}</div>
 {IMAGES_CHECK}
@@ -130,8 +164,11 @@ def no_finished_trials(db: Path, rows: Sequence[dict]) -> str:
     return f"no finished trials in {db} ({what}){why}{hint}"
 
 
-def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
-    """Write report.html, frontier.png and agreement.png into ``sweep_dir`` from its results store."""
+def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str | None = None) -> Path:
+    """Write report.html, frontier.png and agreement.png into ``sweep_dir`` from its results store.
+
+    A sweep with a ``baseline`` variant (default ``none``; a named one must exist) also gets the study analysis (:mod:`legibility.report.study`):
+    study.json, study.md, study_frontier.png and, with one numeric grid axis, study_width.png."""
     from legibility.sweeps.results import STALE, ResultsStore
 
     out = Path(sweep_dir)
@@ -165,7 +202,35 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
             "Agreement between interpretability metrics across trials",
         ),
     ]
+    study = None
+    names = sorted({r["variant"] for r in done})
+    if baseline is not None and baseline not in names:
+        raise LegibilityError(
+            f"--baseline {baseline!r} is not a variant with finished trials; choose one of {', '.join(names)}"
+        )
+    baseline = baseline or "none"
+    if baseline in names:
+        from legibility.report.study import (
+            analyse_study,
+            study_frontier_figure,
+            study_markdown,
+            study_width_figure,
+        )
+
+        study = analyse_study(done, baseline)
+        (out / "study.json").write_text(json.dumps(study, indent=1) + "\n", encoding="utf-8")
+        (out / "study.md").write_text(study_markdown(study), encoding="utf-8")
+        extra = [
+            (
+                study_frontier_figure(study, out / "study_frontier.png"),
+                "Study frontier: specific suppressability against the cost in nats",
+            )
+        ]
+        width = study_width_figure(study, out / "study_width.png")
+        if width:
+            extra.append((width, "Study: against the grid axis"))
+        figures = extra + figures
     name = title or (rows[0].get("sweep") or out.name)
     page = out / "report.html"
-    page.write_text(render_report(rows, f"legibility sweep report: {name}", figures), encoding="utf-8")
+    page.write_text(render_report(rows, f"legibility sweep report: {name}", figures, study), encoding="utf-8")
     return page

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS trials (
 CREATE OR REPLACE VIEW trials_flat AS SELECT
   trial_id, sweep, variant, seed, status, train_s, score_s, error,
   CAST(json_extract(train, '$.val_loss') AS DOUBLE) AS val_loss,
+  CAST(json_extract(train, '$.text_val_loss') AS DOUBLE) AS text_val_loss,
   CAST(json_extract(train, '$.fact_accuracy') AS DOUBLE) AS fact_accuracy,
   CAST(json_extract(metrics, '$.suppressability.value') AS DOUBLE) AS suppressability,
   CAST(json_extract(metrics, '$.specific_suppressability.value') AS DOUBLE) AS specific_suppressability,
