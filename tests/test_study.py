@@ -93,6 +93,7 @@ def test_paired_costs_verdicts_and_width():
     hyp = {h["name"]: h for h in study["hypotheses"]}
     assert hyp["dropout"]["verdict"] == "held" and hyp["dropout"]["difference"]["n"] == 9
     assert hyp["dropout"]["difference"]["value"] == pytest.approx(-0.1)
+    assert [e["value"] for e in hyp["dropout"]["per_point"]] == pytest.approx([-0.1] * 3)
     assert hyp["sparse connections"]["verdict"] == "not decided"
     assert hyp["suppressability objective (its own number)"]["verdict"] == "held"
     width = hyp["width"]
@@ -102,6 +103,7 @@ def test_paired_costs_verdicts_and_width():
     md = study_markdown(study)
     assert "**dropout** (dropout is bad for interpretability): held." in md
     assert "Goal" in md and "not reached" in md
+    assert "| dropout - none | specific_suppressability | -0.100 [-0.100, -0.100] |" in md
 
 
 def test_goal_and_contradiction():

@@ -207,6 +207,7 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
                 "metric": h.metric,
                 "sign": h.sign,
                 "difference": _est(diff),
+                "per_point": [_est(t_estimate(paired(h.variant, h.reference, h.metric, p))) for p in points],
                 "cost": _est(h_cost) if h_cost else None,
                 "verdict": verdict(diff, h.sign),
             }
@@ -318,6 +319,7 @@ def study_markdown(study: dict) -> str:
         "",
         *[f"- {sentence(h)}" for h in study["hypotheses"]],
         "",
+        *_per_point_table(study),
     ]
     if reached:
         out.append(
@@ -331,6 +333,24 @@ def study_markdown(study: dict) -> str:
             f"{_ci(best[HEADLINE])} at a cost of {_ci(best['cost'], signed=True)} nats."
         )
     return "\n".join(out) + "\n"
+
+
+def _per_point_table(study: dict) -> list[str]:
+    """Each comparison's difference at every grid point (does an effect depend on the axis?)."""
+    rows = [h for h in study["hypotheses"] if h.get("per_point")]
+    if not rows or len(study["points"]) < 2:
+        return []
+    labels = [_label(study["grid"], tuple(p)) for p in study["points"]]
+    out = [
+        "The same differences at each grid point (n = seeds):",
+        "",
+        "| comparison | metric | " + " | ".join(labels) + " |",
+        "|" + "---|" * (len(labels) + 2),
+    ]
+    for h in rows:
+        cells = " | ".join(_ci(e, signed=True) for e in h["per_point"])
+        out.append(f"| {h['variant']} - {h['reference']} | {h['metric']} | {cells} |")
+    return [*out, ""]
 
 
 def _colors(plt, variants: Sequence[str]) -> dict[str, Any]:
