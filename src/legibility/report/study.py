@@ -37,14 +37,15 @@ from legibility.report.plotting import pyplot
 HEADLINE = "specific_suppressability"
 # The goal of the issue: individually removable facts at a small cost.
 GOAL_SPECIFIC, GOAL_COST = 0.8, 0.05
-# Columns of the per-cell table: (metric, label).
+# Columns of the per-cell table: (metric, label, decimals).
 COLUMNS = (
-    ("fact_accuracy", "held-out top-1"),
-    ("specific_suppressability", "specific suppr."),
-    ("suppressability", "suppressability"),
-    ("suppression.own", "own drop"),
-    ("suppression.same_relation", "same-rel. drop"),
-    ("neurons.per_fact", "neurons/fact"),
+    ("fact_accuracy", "held-out top-1", 3),
+    ("specific_suppressability", "specific suppr.", 3),
+    ("suppressability", "suppressability", 3),
+    ("suppression.own", "own drop", 3),
+    ("suppression.same_relation", "same-rel. drop", 3),
+    ("neurons.per_fact", "neurons/fact", 1),
+    ("facts_scored", "facts scored", 1),
 )
 
 
@@ -158,7 +159,11 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
     loss = cost_key(done)
     by_cell: dict[tuple[str, tuple], dict[int, dict[str, float]]] = defaultdict(dict)
     for r in done:
-        by_cell[(r["variant"], _point(r, keys))][int(r["seed"])] = trial_metrics(r)
+        m = trial_metrics(r)
+        n = ((r.get("metrics") or {}).get(HEADLINE) or {}).get("n")
+        if isinstance(n, int | float):
+            m["facts_scored"] = float(n)  # the facts the model knew, over which the scorecard averages
+        by_cell[(r["variant"], _point(r, keys))][int(r["seed"])] = m
     points = sorted({p for _, p in by_cell}, key=_sort_key)
     variants = sorted({v for v, _ in by_cell}, key=lambda v: (v != baseline, v))
 
@@ -183,7 +188,7 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
                 "label": _label(keys, p),
                 "seeds": sorted(seeds),
             }
-            for metric, _ in COLUMNS:
+            for metric, _, _ in COLUMNS:
                 cell[metric] = _est(t_estimate([m[metric] for m in seeds.values() if metric in m]))
             cell["loss"] = _est(t_estimate([m[loss] for m in seeds.values() if loss in m]))
             cost = paired(v, baseline, loss, p) if v != baseline else np.zeros(len(seeds))
@@ -300,11 +305,11 @@ def sentence(h: dict) -> str:
 
 def study_markdown(study: dict) -> str:
     """The study as markdown: the per-cell table, the hypotheses' sentences, and the goal check."""
-    head = ["grid point", "variant", "seeds", "cost (nats)"] + [label for _, label in COLUMNS]
+    head = ["grid point", "variant", "seeds", "cost (nats)"] + [label for _, label, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in study["cells"]:
         vals = [c["label"], c["variant"], str(len(c["seeds"])), _ci(c["cost"], signed=True)]
-        vals += [_ci(c[m]) for m, _ in COLUMNS]
+        vals += [_ci(c[m], digits) for m, _, digits in COLUMNS]
         lines.append("| " + " | ".join(vals) + (" (goal)" if c["goal"] else "") + " |")
     goal = study["goal"]
     reached = [c for c in study["cells"] if c["goal"]]
