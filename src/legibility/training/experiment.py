@@ -52,10 +52,17 @@ def all_template_facts(cfg: RunConfig) -> list[Fact]:
     ]
 
 
-def score_model(model_dir: str | Path, facts: Sequence[Fact], out_dir: str | Path, cfg: ScoreConfig) -> dict:
+def score_model(
+    model_dir: str | Path,
+    facts: Sequence[Fact],
+    out_dir: str | Path,
+    cfg: ScoreConfig,
+    device: str | None = None,
+) -> dict:
     """The scorecard metrics of a saved model on ``facts``: a :func:`legibility.run.run` into out_dir, keyed
-    by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute)."""
-    lm = load_model(str(model_dir))
+    by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute).
+    ``device`` (default ``"auto"``) is where the model is loaded, in float32."""
+    lm = load_model(str(model_dir), device=device)
     lm.add_special_tokens = False  # the trained word-level tokenizer has no special tokens to add
     n_rel = len({f.relation for f in facts})
     settings = RunSettings(
@@ -98,10 +105,14 @@ def _record(name: str, seed: int, run_dir: Path) -> dict:
 
 
 def run_experiment(
-    configs: dict[str, RunConfig], seeds: Sequence[int], out_dir: str | Path, score: ScoreConfig | None = None
+    configs: dict[str, RunConfig],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    score: ScoreConfig | None = None,
+    device: str | None = None,
 ) -> list[dict]:
-    """Train and score every (variant, seed) not finished yet; returns one record per run, also written
-    to ``<out>/results.jsonl``."""
+    """Train and score every (variant, seed) not finished yet on ``device`` (default ``"auto"``); returns
+    one record per run, also written to ``<out>/results.jsonl``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -110,9 +121,13 @@ def run_experiment(
             run_dir = out / f"{name}-seed{seed}"
             if not (run_dir / "score" / "known.json").exists():
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
-                train(cfg, run_dir, progress=False)
+                train(cfg, run_dir, progress=False, device=device)
                 scored = score_model(
-                    run_dir / "model", all_template_facts(cfg), run_dir / "score", score or ScoreConfig()
+                    run_dir / "model",
+                    all_template_facts(cfg),
+                    run_dir / "score",
+                    score or ScoreConfig(),
+                    device,
                 )
                 (run_dir / "score" / "known.json").write_text(
                     json.dumps({"known_facts": scored["known_facts"]})
