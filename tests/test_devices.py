@@ -502,3 +502,75 @@ def test_device_is_not_part_of_trial_ids():
     assert [t.id for t in plain.trials] == [t.id for t in on_gpu.trials]
     with pytest.raises(LegibilityError, match="executor.device: unknown device 'tpu'"):
         parse_sweep({**data, "executor": {"device": "tpu"}})
+
+
+def test_sweep_passes_its_device_to_every_trial(tmp_path, monkeypatch):
+    """`--device` reaches train and scoring through the executor; the store records where each trial ran."""
+    from legibility.sweeps import ResultsStore, parse_sweep, run, run_sweep
+
+    seen = []
+
+    def fake_trial(run_config, trial_dir, score, device=None):
+        seen.append(device)
+        return {
+            "train": {"step": 1, "device": device},
+            "metrics": {},
+            "known_facts": 0,
+            "train_s": 0.0,
+            "score_s": 0.0,
+        }
+
+    monkeypatch.setattr(run, "run_trial", fake_trial)
+    data = {"name": "d", "base": {"train": {"steps": 2}}, "variants": {"a": {}}, "seeds": [0, 1]}
+    cfg = parse_sweep({**data, "executor": {"device": "cpu"}})
+    assert run_sweep(cfg, tmp_path, progress=False) == {"done": 2}
+    assert seen == ["cpu", "cpu"]
+    with ResultsStore(tmp_path / "results.duckdb") as store:
+        assert [r["train"]["device"] for r in store.rows()] == ["cpu", "cpu"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path):
+    """A run checkpointed on cuda:0 (its state says so and its RNG file holds a CUDA generator state, as a GPU
+    run writes it) resumes on the CPU: tensors load onto the run's device, the foreign generator state is
+    ignored, the switch is warned about and recorded. Only the device bookkeeping differs from a CPU
+    checkpoint, so the result equals an uninterrupted CPU run bit for bit."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from legibility.training.checkpoint import CHECKSUMS, FILES, latest_checkpoint
+    from legibility.training.trainer import Trainer, train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    cfg = tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2, regularizers=[{"name": "dropout"}])
+    whole = train(cfg, tmp_path / "whole", progress=False, device="cpu")
+
+    def stop(trainer, step):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "moved", progress=False, device="cpu").fit([stop])
+    ckpt = latest_checkpoint(tmp_path / "moved" / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step-000002"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["devices"] == ["cpu"]
+    (ckpt / "state.json").write_text(json.dumps({**state, "devices": ["cuda:0"]}))
+    rng = load_file(str(ckpt / "rng.safetensors"))
+    save_file(
+        {**rng, "cuda": torch.zeros(16, dtype=torch.uint8, device="cpu")}, str(ckpt / "rng.safetensors")
+    )
+    sums = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest() for f in FILES}
+    (ckpt / CHECKSUMS).write_text(json.dumps(sums))
+
+    with pytest.warns(RuntimeWarning, match="checkpointed on cuda:0 on cpu"):
+        resumed = train(cfg, tmp_path / "moved", progress=False, device="cpu")
+    assert resumed["devices"] == ["cuda:0", "cpu"] and resumed["device"] == "cpu"
+    assert {k: v for k, v in resumed.items() if k != "devices"} == whole
+    for name in ("model.safetensors",):
+        assert (tmp_path / "moved" / "model" / name).read_bytes() == (
+            tmp_path / "whole" / "model" / name
+        ).read_bytes()

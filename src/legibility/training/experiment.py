@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legibility.attribution import AttributionConfig
+from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
 from legibility.models.loading import load_model
@@ -99,6 +100,7 @@ def _record(name: str, seed: int, run_dir: Path) -> dict:
         "val_loss": final.get("val_loss"),
         "held_out_fact_accuracy": final.get("fact_accuracy"),
         "known_facts": known,
+        "device": final.get("device"),  # where it trained (runs from before devices were recorded: None)
     }
     rec.update({k: card[k]["value"] if k in card else None for k in METRICS})
     return rec
@@ -158,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", required=True)
     ap.add_argument("--facts", type=int, default=ScoreConfig.facts)
+    ap.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
     configs = {Path(c).stem: load_run_config(c) for c in args.configs}
-    records = run_experiment(configs, args.seeds, args.out, ScoreConfig(facts=args.facts))
+    records = run_experiment(configs, args.seeds, args.out, ScoreConfig(facts=args.facts), args.device)
     summary = summarize(records)
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
     for variant, metrics in summary.items():
