@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -315,3 +316,261 @@ def test_cuda_scores_equal_cpu_scores(family):
         assert (got.cpu() - ref).abs().max() <= 1e-5 * ref.abs().max(), method
     for method in METHODS:
         attribute(gpu, qs, method, CFG)
+
+
+# ----------------------------------------------------------------------------- training and sweeps
+
+# every regularizer, so each one's tensors are checked: the fact objectives (IG meta-gradients), dropout's
+# explicit penalty with gradient noise, decorrelation, sparsity, magnitude masking and neuron swaps
+TRAIN_REGULARIZERS = [
+    {"name": "dropout", "p": 0.1},
+    {"name": "explicit_dropout", "coef": 0.1, "grad_noise": 1e-3},
+    {"name": "decorrelation", "coef": 0.1},
+    {"name": "activation_sparsity", "form": "topk", "k": 4, "coef": 0.1},
+    {"name": "sparse_connections", "density": 0.5, "coef": 0.1},
+    {"name": "locality", "coef": 0.1, "swap_every": 2},
+    {
+        "name": "suppressability",
+        "coef": 0.1,
+        "facts_per_step": 2,
+        "method": "ig",
+        "ig_steps": 2,
+        "control": True,
+    },
+    {"name": "specific_suppressability", "coef": 0.1, "facts_per_step": 2, "control": True},
+]
+
+
+def _train_cfg():
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    # 4 steps with an evaluation, a log line and a checkpoint every 2: every code path of fit() runs twice
+    return tiny_cfg(
+        steps=4,
+        eval_every=2,
+        checkpoint_every=2,
+        log_every=2,
+        regularizers=TRAIN_REGULARIZERS,
+        **{"model.dropout": 0.1},
+    )
+
+
+@contextlib.contextmanager
+def optimizer_on_host(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """torch's AdamW keeps its step count on the host by design (a bare torch.tensor in torch itself): run
+    its step with the CPU as default device, everything else of the training step stays under the meta
+    default."""
+    step = optimizer.step
+
+    def on_host(*args, **kwargs):
+        with torch.device("cpu"):
+            return step(*args, **kwargs)
+
+    optimizer.step = on_host  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
+@pytest.mark.slow
+def test_training_with_every_regularizer_creates_tensors_on_the_model_device(tmp_path):
+    from legibility.training.trainer import Trainer
+
+    cfg = _train_cfg()
+    with on_model_device_only():
+        trainer = Trainer(cfg, tmp_path / "guard", progress=False, eval_facts=8, device="cpu")
+        final = trainer.fit()
+    assert final["step"] == 4 and final["device"] == "cpu"
+    assert all(f"reg.{r['name']}" in trainer.train_step(4) for r in TRAIN_REGULARIZERS[1:])
+    assert "fact_accuracy" in final and "text_val_loss" not in final
+    record = json.loads((tmp_path / "guard" / "model" / "final.json").read_text())
+    assert record["device"] == "cpu" and "devices" not in record
+
+    with default_device_meta():
+        trainer = Trainer(cfg, tmp_path / "meta", progress=False, eval_facts=8, device="cpu")
+        with optimizer_on_host(trainer.optimizer):
+            meta_final = trainer.fit()
+    assert all(p.device.type == "cpu" for p in trainer.model.parameters())
+    assert meta_final == final  # the same run: nothing on the path depended on the default device
+
+
+def test_guard_catches_a_bare_factory_in_the_training_step(tmp_path, monkeypatch):
+    """The guard sees package code of the training stack, not only the engine: a bare arange planted in
+    the corpus' batch windows is reported with its file and line."""
+    from legibility.training import corpus
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    source = "def _windows(ids, starts, seq_len):\n    return ids[starts[:, None] + torch.arange(seq_len + 1)[None, :]]\n"
+    namespace = {"torch": torch}
+    exec(compile(source, inspect.getfile(corpus), "exec"), namespace)  # noqa: S102
+    monkeypatch.setattr(corpus, "_windows", namespace["_windows"])
+    from legibility.training.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg(steps=1), tmp_path, progress=False, eval_facts=2, device="cpu")
+    with pytest.raises(AssertionError, match=r"corpus\.py:\d+ torch\.arange"), on_model_device_only():
+        trainer.train_step(0)
+
+
+@pytest.mark.slow
+def test_train_on_cpu_equals_the_default_run_bit_for_bit(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    from legibility.training.trainer import train
+
+    if torch.cuda.is_available():
+        pytest.skip("the default device is CUDA here")
+    cfg = tiny_cfg(steps=6, eval_every=3, checkpoint_every=3, regularizers=[{"name": "explicit_dropout"}])
+    default = train(cfg, tmp_path / "default", progress=False)
+    cpu = train(cfg, tmp_path / "cpu", progress=False, device="cpu")
+    assert default == cpu and cpu["device"] == "cpu"
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "default" / "model" / name).read_bytes() == (
+            tmp_path / "cpu" / "model" / name
+        ).read_bytes()
+    # the device is an execution setting: the run's config (what a resume must match) does not name it
+    assert "device" not in (tmp_path / "cpu" / "config.json").read_text()
+
+
+def test_checkpoint_rng_plumbing_saves_and_restores_the_accelerator_generator(monkeypatch):
+    """On CUDA the checkpoint carries the device generator (dropout draws from it); checked without a GPU by
+    standing in for torch.cuda's generator functions. A CPU run stores the CPU generator only."""
+    from legibility.training.checkpoint import rng_states, set_rng_states
+
+    cuda_state = torch.arange(16, dtype=torch.uint8, device="cpu")
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda_state.clone())
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device="cuda": restored.update(state=s, device=device)
+    )
+    cpu = rng_states(torch.device("cpu"))
+    assert set(cpu) == {"torch"}
+    gpu = rng_states(torch.device("cuda:1"))
+    assert set(gpu) == {"torch", "cuda"} and torch.equal(gpu["cuda"], cuda_state)
+    set_rng_states(
+        cpu, torch.device("cuda:1")
+    )  # checkpointed on the CPU, resumed on a GPU: nothing to restore
+    assert not restored
+    set_rng_states(gpu, torch.device("cpu"))  # the reverse: the GPU's state is not used
+    assert not restored
+    set_rng_states(gpu, torch.device("cuda:1"))
+    assert torch.equal(restored["state"], cuda_state) and restored["device"] == torch.device("cuda:1")
+    before = torch.rand(3, device="cpu")
+    set_rng_states(cpu, torch.device("cpu"))
+    assert torch.equal(torch.rand(3, device="cpu"), before)  # the CPU generator is restored
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_unknown_device_is_a_one_line_error(tmp_path, capsys, command):
+    from legibility.cli import main
+
+    assert main([command, str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "unknown device 'tpu'" in err[-1]  # usage line + the error
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_unavailable_device_fails_before_any_work(tmp_path, capsys):
+    from legibility.cli import main
+    from legibility.training.trainer import Trainer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    with pytest.raises(LegibilityError, match="CUDA is not available"):
+        Trainer(tiny_cfg(), tmp_path / "run", progress=False, device="cuda")
+    assert not (tmp_path / "run" / "config.json").exists()
+    sweep = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "tiny.yaml"
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "s"), "--device", "cuda", "--no-progress"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "results.duckdb").exists()
+
+
+def test_device_is_not_part_of_trial_ids():
+    from legibility.sweeps import parse_sweep
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    data = {"name": "d", "base": {"train": {"steps": 2}}, "variants": {"a": {}}, "seeds": [0, 1]}
+    plain = parse_sweep(dict(data))
+    on_gpu = parse_sweep({**data, "executor": {"device": "cuda:1"}})
+    assert on_gpu.executor.device == "cuda:1" and plain.executor.device is None
+    assert [t.id for t in plain.trials] == [t.id for t in on_gpu.trials]
+    with pytest.raises(LegibilityError, match="executor.device: unknown device 'tpu'"):
+        parse_sweep({**data, "executor": {"device": "tpu"}})
+
+
+def test_sweep_passes_its_device_to_every_trial(tmp_path, monkeypatch):
+    """`--device` reaches train and scoring through the executor; the store records where each trial ran."""
+    from legibility.sweeps import ResultsStore, parse_sweep, run, run_sweep
+
+    seen = []
+
+    def fake_trial(run_config, trial_dir, score, device=None):
+        seen.append(device)
+        return {
+            "train": {"step": 1, "device": device},
+            "metrics": {},
+            "known_facts": 0,
+            "train_s": 0.0,
+            "score_s": 0.0,
+        }
+
+    monkeypatch.setattr(run, "run_trial", fake_trial)
+    data = {"name": "d", "base": {"train": {"steps": 2}}, "variants": {"a": {}}, "seeds": [0, 1]}
+    cfg = parse_sweep({**data, "executor": {"device": "cpu"}})
+    assert run_sweep(cfg, tmp_path, progress=False) == {"done": 2}
+    assert seen == ["cpu", "cpu"]
+    with ResultsStore(tmp_path / "results.duckdb") as store:
+        assert [r["train"]["device"] for r in store.rows()] == ["cpu", "cpu"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path):
+    """A run checkpointed on cuda:0 (its state says so and its RNG file holds a CUDA generator state, as a GPU
+    run writes it) resumes on the CPU: tensors load onto the run's device, the foreign generator state is
+    ignored, the switch is warned about and recorded. Only the device bookkeeping differs from a CPU
+    checkpoint, so the result equals an uninterrupted CPU run bit for bit."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from legibility.training.checkpoint import CHECKSUMS, FILES, latest_checkpoint
+    from legibility.training.trainer import Trainer, train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+    from train_helpers import tiny_cfg
+
+    cfg = tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2, regularizers=[{"name": "dropout"}])
+    whole = train(cfg, tmp_path / "whole", progress=False, device="cpu")
+
+    def stop(trainer, step):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "moved", progress=False, device="cpu").fit([stop])
+    ckpt = latest_checkpoint(tmp_path / "moved" / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step-000002"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["devices"] == ["cpu"]
+    (ckpt / "state.json").write_text(json.dumps({**state, "devices": ["cuda:0"]}))
+    rng = load_file(str(ckpt / "rng.safetensors"))
+    save_file(
+        {**rng, "cuda": torch.zeros(16, dtype=torch.uint8, device="cpu")}, str(ckpt / "rng.safetensors")
+    )
+    sums = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest() for f in FILES}
+    (ckpt / CHECKSUMS).write_text(json.dumps(sums))
+
+    with pytest.warns(RuntimeWarning, match="checkpointed on cuda:0 on cpu"):
+        resumed = train(cfg, tmp_path / "moved", progress=False, device="cpu")
+    assert resumed["devices"] == ["cuda:0", "cpu"] and resumed["device"] == "cpu"
+    assert {k: v for k, v in resumed.items() if k != "devices"} == whole
+    for name in ("model.safetensors",):
+        assert (tmp_path / "moved" / "model" / name).read_bytes() == (
+            tmp_path / "whole" / "model" / name
+        ).read_bytes()

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from legibility.devices import add_device_args
+from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
 
 # Cheap independent metrics computed by default (no extra attribution runs).
@@ -188,6 +188,13 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=POSITIVE, default=None, help="local executor: parallel processes")
     p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default=None,
+        help="where trials train and are scored: auto, cpu, cuda, cuda:N or mps (default: the sweep's "
+        "executor.device, else auto); not part of the trial ids",
+    )
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser(
@@ -295,6 +302,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         cfg.executor = dataclasses.replace(cfg.executor, name="ray", address=address)
     if args.workers:
         cfg.executor = dataclasses.replace(cfg.executor, workers=args.workers)
+    if args.device:
+        cfg.executor = dataclasses.replace(cfg.executor, device=args.device)
     counts = run_sweep(cfg, args.out, retry_failed=args.retry_failed, progress=not args.no_progress)
     print(f"sweep {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     print(f"results in {args.out}/results.duckdb; `legibility report {args.out}` draws the frontier")

@@ -10,7 +10,7 @@ grid: {train.lr: [0.001, 0.003]} # crossed with every variant
 random: {n: 4, space: {model.dropout: {uniform: [0.0, 0.3]}}}   # instead of grid
 seeds: [0, 1, 2]
 score: {facts: 20, ig_steps: 20}
-executor: {name: local, workers: 1}   # or {name: ray, address: auto}
+executor: {name: local, workers: 1}   # or {name: ray, address: auto}; device: cuda (not in trial ids)
 ```
 """
 
@@ -54,6 +54,9 @@ class ExecutorConfig:
     name: str = "local"  # "local" or "ray"
     workers: int = 1  # local: parallel processes (1: in this process, sequentially)
     address: str | None = None  # ray: cluster address ("auto", "ray://host:10001"); None: a local runtime
+    # where trials train and are scored (auto, cpu, cuda, cuda:N, mps; None: auto); like workers, an
+    # execution setting: not part of the trial ids
+    device: str | None = None
 
 
 @dataclass
@@ -111,8 +114,8 @@ def trial_id(variant: str, resolved: dict, seed: int) -> str:
 
 
 def _check_executor(ex: Any) -> ExecutorConfig:
-    if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address"}:
-        raise LegibilityError("'executor' takes name (local|ray), workers, address")
+    if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address", "device"}:
+        raise LegibilityError("'executor' takes name (local|ray), workers, address, device")
     name = ex.get("name", "local")
     if name not in EXECUTOR_NAMES:
         raise LegibilityError(
@@ -124,7 +127,17 @@ def _check_executor(ex: Any) -> ExecutorConfig:
     address = ex.get("address")
     if address is not None and not isinstance(address, str):
         raise LegibilityError(f"executor.address = {address!r} is not allowed; give a string or null")
-    return ExecutorConfig(name, workers, address)
+    device = ex.get("device")
+    if device is not None:
+        from argparse import ArgumentTypeError
+
+        from legibility.devices import device_name
+
+        try:
+            device = device_name(str(device))
+        except ArgumentTypeError as e:
+            raise LegibilityError(f"executor.device: {e}") from e
+    return ExecutorConfig(name, workers, address, device)
 
 
 def _check_score(score: Any) -> dict:

@@ -6,7 +6,9 @@ running when the sweep was killed (the trainer resumes from its last checkpoint)
 failed trials failed with their error recorded.
 
 A trial's id hashes its full resolved config (base, overrides, seed, score settings), so editing the sweep's
-``base`` or ``score`` starts new trials. Rows of the same sweep name that the current config no longer
+``base`` or ``score`` starts new trials. The device (``executor.device``, ``--device``) is an execution
+setting like ``workers``: it is not in the id, so a sweep may continue on another device; each trial's
+``train`` record says where it trained (``device``). Rows of the same sweep name that the current config no longer
 produces are kept but marked ``stale:<status>`` (the report and the counts leave them out); going back to
 the old config revives them.
 """
@@ -29,8 +31,9 @@ from legibility.sweeps.config import ExecutorConfig, SweepConfig, Trial
 from legibility.sweeps.results import ResultsStore
 
 
-def run_trial(run_config: dict, trial_dir: str, score: dict) -> dict:
-    """Train and score one trial (runs in a worker: arguments and result are plain data)."""
+def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None = None) -> dict:
+    """Train and score one trial on ``device`` (default ``"auto"``; runs in a worker: arguments and
+    result are plain data)."""
     from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
     from legibility.training.run_config import parse_run_config
     from legibility.training.trainer import train
@@ -38,11 +41,11 @@ def run_trial(run_config: dict, trial_dir: str, score: dict) -> dict:
     cfg = parse_run_config(run_config)
     out = Path(trial_dir)
     t0 = time.perf_counter()
-    final = train(cfg, out / "train", progress=False)
+    final = train(cfg, out / "train", progress=False, device=device)
     t1 = time.perf_counter()
     facts = all_template_facts(cfg)
-    scored = score_model(out / "train" / "model", facts, out / "score", ScoreConfig(**score))
-    metrics = {**scored["metrics"], **_independent(out, facts)}
+    scored = score_model(out / "train" / "model", facts, out / "score", ScoreConfig(**score), device)
+    metrics = {**scored["metrics"], **_independent(out, facts, device)}
     t2 = time.perf_counter()
     return {
         "train": final,
@@ -53,7 +56,7 @@ def run_trial(run_config: dict, trial_dir: str, score: dict) -> dict:
     }
 
 
-def _independent(trial_dir: Path, facts: list) -> dict:
+def _independent(trial_dir: Path, facts: list, device: str | None = None) -> dict:
     """The cheap independent metrics of a scored trial, so the report can check them against suppressability."""
     from legibility.metrics.independent import compute_metrics, context_from_run
     from legibility.models.loading import load_model
@@ -61,7 +64,7 @@ def _independent(trial_dir: Path, facts: list) -> dict:
     score_dir = trial_dir / "score"
     if not (score_dir / "neurons.jsonl").exists():
         return {}  # the model knew no facts: nothing was attributed
-    lm = load_model(str(trial_dir / "train" / "model"))
+    lm = load_model(str(trial_dir / "train" / "model"), device=device)
     lm.add_special_tokens = False  # as score_model does for the trained word-level tokenizer
     ctx = context_from_run(score_dir, lm, facts)
     names = ["concentration", "overlap", "sparsity", "polysemanticity"]
@@ -90,7 +93,7 @@ def local_executor(
         for trial, trial_dir, score in jobs:
             start(trial)
             try:
-                result = run_trial(trial.run_config, trial_dir, score)
+                result = run_trial(trial.run_config, trial_dir, score, cfg.device)
             except Exception as e:  # a failing trial is recorded; the others go on
                 fail(trial, _error(e))
             else:
@@ -105,7 +108,7 @@ def local_executor(
         futures = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            futures[pool.submit(run_trial, trial.run_config, trial_dir, score)] = trial
+            futures[pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device)] = trial
         for fut in cf.as_completed(futures):
             trial = futures[fut]
             try:
@@ -127,11 +130,14 @@ def ray_executor(
     from legibility.sharding import ray_runtime
 
     with ray_runtime(cfg.address) as ray:
-        remote = ray.remote(num_cpus=1)(run_trial)
+        # a CUDA trial asks Ray for a GPU, which then makes it the worker's only visible one
+        gpus = 1 if (cfg.device or "").startswith("cuda") else 0
+        device = "cuda" if gpus else cfg.device
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_trial)
         pending = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            pending[remote.remote(trial.run_config, trial_dir, score)] = trial
+            pending[remote.remote(trial.run_config, trial_dir, score, device)] = trial
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             trial = pending.pop(ready[0])
@@ -157,6 +163,10 @@ def run_sweep(
     """Run the trials not finished yet; returns counts by status."""
     out = Path(out_dir)
     executor = EXECUTORS[cfg.executor.name]
+    if cfg.executor.name == "local" and cfg.executor.device is not None:
+        from legibility.devices import resolve_device
+
+        resolve_device(cfg.executor.device)  # an unavailable device fails here, not once per trial
     dirs = {t.id: trial_dir(out, t) for t in cfg.trials}  # before anything is written
     with ResultsStore(out / "results.duckdb") as store:
         for t in cfg.trials:

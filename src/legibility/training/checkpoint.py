@@ -5,13 +5,17 @@ Layout of ``<out>/checkpoints/``::
     step-000200/model.safetensors      model weights (tied weights stored once)
     step-000200/optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
     step-000200/optimizer.json         param groups and non-tensor state
-    step-000200/rng.safetensors        torch CPU generator state (uint8 tensor)
+    step-000200/rng.safetensors        torch CPU generator state, and the CUDA (or MPS) generator's of the
+                                       model's device when it runs there (uint8 tensors)
     step-000200/state.json             step, python RNG state, trainer bookkeeping
     step-000200/checksums.json         sha256 of every other file of the checkpoint
     latest                             the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder, fsynced and renamed; only then is ``latest`` replaced
 (write + ``os.replace``). A process killed at any moment leaves ``latest`` naming a complete checkpoint.
+
+Tensors are written from the host and read onto it; loading copies them into the model's parameters and the
+optimizer moves its state to theirs, so a checkpoint written on one device resumes on another.
 
 Disks still damage files after the fact: :func:`verify_checkpoint` compares every file against
 ``checksums.json``, and :func:`intact_checkpoints` lists the checkpoints that pass, newest first, so a
@@ -64,6 +68,31 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generator states a run on ``device`` draws from: the CPU's, plus the accelerator's (dropout and
+    noise on a GPU draw from the device generator, not the CPU one)."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore :func:`rng_states`; an accelerator state is restored only on that kind of device (a run
+    checkpointed on a GPU and resumed on the CPU has no use for it, and the reverse has none to restore)."""
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+    elif device.type == "mps" and "mps" in states:
+        torch.mps.set_rng_state(states["mps"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON-ready rest."""
     sd = opt.state_dict()
@@ -72,7 +101,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     for idx, st in sd["state"].items():
         for name, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{name}"] = value.contiguous()
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -103,7 +132,7 @@ def save_checkpoint(
     tensors, meta = optimizer_tensors(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    save_file(rng_states(_device(model)), str(tmp / "rng.safetensors"))
     py_state = random.getstate()
     full = {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
     (tmp / "state.json").write_text(json.dumps(full))
@@ -186,7 +215,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
-    """Restore weights, optimizer, and both RNGs from ``path``; returns the saved trainer state.
+    """Restore weights, optimizer, and the RNGs from ``path`` onto the model's device (whichever device
+    wrote the checkpoint); returns the saved trainer state.
 
     Raises :class:`CorruptCheckpoint` (naming the file) for a file that cannot be read or holds NaN/inf:
     a damaged optimizer state would otherwise surface steps later as a non-finite loss. Everything is read
@@ -213,7 +243,7 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | N
             load_optimizer(opt, opt_tensors, meta)
         except (KeyError, ValueError, TypeError) as e:
             raise CorruptCheckpoint(f"{path / 'optimizer.json'} does not fit this optimizer ({e})") from e
-    torch.set_rng_state(rng["torch"])
+    set_rng_states(rng, _device(model))
     version, internal, gauss = state.pop("python_rng")
     random.setstate((version, tuple(internal), gauss))
     return state

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from legibility.devices import device_name
 from legibility.training.run_config import load_run_config
 from legibility.training.trainer import train
 
@@ -23,6 +24,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config (model, data, train, regularizers)")
     p.add_argument("--out", required=True, help="output folder; rerunning with the same one resumes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda, cuda:N or mps; not part of the run config, so a run "
+        "may resume on another device (default: %(default)s)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -30,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Validate the config, train (or resume), print the final metrics as JSON; returns the exit code."""
     cfg = load_run_config(args.config)
-    final = train(cfg, args.out, progress=not args.quiet)
+    final = train(cfg, args.out, progress=not args.quiet, device=args.device)
     print(json.dumps(final, indent=2))
     print(f"model saved to {args.out}/model (load it with legibility.load_model)")
     return 0

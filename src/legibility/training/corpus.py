@@ -46,7 +46,9 @@ class Corpus:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         return _windows(
             self.train_ids,
-            torch.randint(0, self.train_ids.numel() - seq_len - 1, (batch_size,), generator=g),
+            torch.randint(
+                0, self.train_ids.numel() - seq_len - 1, (batch_size,), generator=g, device=g.device
+            ),
             seq_len,
         )
 
@@ -67,7 +69,7 @@ class Corpus:
 
 def _val_batches(ids: Tensor, n: int, batch_size: int, seq_len: int, fix: str, what: str) -> list[Tensor]:
     stride = seq_len + 1
-    starts = torch.arange(0, ids.numel() - stride + 1, stride)
+    starts = torch.arange(0, ids.numel() - stride + 1, stride, device=ids.device)
     if starts.numel() == 0:
         raise LegibilityError(f"the {what} split ({ids.numel()} tokens) is shorter than one sequence; {fix}")
     return [
@@ -77,7 +79,7 @@ def _val_batches(ids: Tensor, n: int, batch_size: int, seq_len: int, fix: str, w
 
 
 def _windows(ids: Tensor, starts: Tensor, seq_len: int) -> Tensor:
-    offsets = torch.arange(seq_len + 1)
+    offsets = torch.arange(seq_len + 1, device=ids.device)
     return ids[starts[:, None] + offsets[None, :]]
 
 
@@ -180,12 +182,13 @@ def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:
         tokenizer = train_tokenizer(docs, cfg.tokenizer)
     eos = tokenizer.convert_tokens_to_ids(EOS)
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
-    stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
+    # token streams stay on the host (the trainer moves each batch to the model's device)
+    stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long, device="cpu")
     n_val = max(int(stream.numel() * cfg.val_fraction), 1)
     text_val = None
     if held_text:
         held_ids = tokenizer(held_text, add_special_tokens=False)["input_ids"]
-        text_val = torch.tensor([t for ids in held_ids for t in (*ids, eos)], dtype=torch.long)
+        text_val = torch.tensor([t for ids in held_ids for t in (*ids, eos)], dtype=torch.long, device="cpu")
     return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts, text_val)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legibility.attribution import AttributionConfig
+from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
 from legibility.models.loading import load_model
@@ -52,10 +53,17 @@ def all_template_facts(cfg: RunConfig) -> list[Fact]:
     ]
 
 
-def score_model(model_dir: str | Path, facts: Sequence[Fact], out_dir: str | Path, cfg: ScoreConfig) -> dict:
+def score_model(
+    model_dir: str | Path,
+    facts: Sequence[Fact],
+    out_dir: str | Path,
+    cfg: ScoreConfig,
+    device: str | None = None,
+) -> dict:
     """The scorecard metrics of a saved model on ``facts``: a :func:`legibility.run.run` into out_dir, keyed
-    by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute)."""
-    lm = load_model(str(model_dir))
+    by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute).
+    ``device`` (default ``"auto"``) is where the model is loaded, in float32."""
+    lm = load_model(str(model_dir), device=device)
     lm.add_special_tokens = False  # the trained word-level tokenizer has no special tokens to add
     n_rel = len({f.relation for f in facts})
     settings = RunSettings(
@@ -92,16 +100,21 @@ def _record(name: str, seed: int, run_dir: Path) -> dict:
         "val_loss": final.get("val_loss"),
         "held_out_fact_accuracy": final.get("fact_accuracy"),
         "known_facts": known,
+        "device": final.get("device"),  # where it trained (runs from before devices were recorded: None)
     }
     rec.update({k: card[k]["value"] if k in card else None for k in METRICS})
     return rec
 
 
 def run_experiment(
-    configs: dict[str, RunConfig], seeds: Sequence[int], out_dir: str | Path, score: ScoreConfig | None = None
+    configs: dict[str, RunConfig],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    score: ScoreConfig | None = None,
+    device: str | None = None,
 ) -> list[dict]:
-    """Train and score every (variant, seed) not finished yet; returns one record per run, also written
-    to ``<out>/results.jsonl``."""
+    """Train and score every (variant, seed) not finished yet on ``device`` (default ``"auto"``); returns
+    one record per run, also written to ``<out>/results.jsonl``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -110,9 +123,13 @@ def run_experiment(
             run_dir = out / f"{name}-seed{seed}"
             if not (run_dir / "score" / "known.json").exists():
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
-                train(cfg, run_dir, progress=False)
+                train(cfg, run_dir, progress=False, device=device)
                 scored = score_model(
-                    run_dir / "model", all_template_facts(cfg), run_dir / "score", score or ScoreConfig()
+                    run_dir / "model",
+                    all_template_facts(cfg),
+                    run_dir / "score",
+                    score or ScoreConfig(),
+                    device,
                 )
                 (run_dir / "score" / "known.json").write_text(
                     json.dumps({"known_facts": scored["known_facts"]})
@@ -143,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", required=True)
     ap.add_argument("--facts", type=int, default=ScoreConfig.facts)
+    ap.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
     configs = {Path(c).stem: load_run_config(c) for c in args.configs}
-    records = run_experiment(configs, args.seeds, args.out, ScoreConfig(facts=args.facts))
+    records = run_experiment(configs, args.seeds, args.out, ScoreConfig(facts=args.facts), args.device)
     summary = summarize(records)
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
     for variant, metrics in summary.items():

@@ -12,6 +12,11 @@ Deterministic given ``train.seed``: batches depend only on (seed, step), dropout
 torch RNG whose state is checkpointed, so a run killed at any point (even ``kill -9``) and restarted with
 the same folder ends with bit-identical weights and losses. A non-finite loss stops the run with a
 :class:`LegibilityError` before the bad step touches the weights; the last checkpoint stays valid.
+
+The device (``device=``, ``--device``) is an execution setting, not part of the run config: the model is
+initialized on the CPU (the same weights on every device) and then moved; each batch is moved to it as it is
+used. A checkpoint resumes on any device (bit-identical resumption holds on the device that wrote it). The
+device is recorded in ``model/final.json`` (``device``; ``devices`` when a resume changed it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from legibility.devices import resolve_device
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import predict
@@ -79,10 +85,14 @@ class Trainer:
         progress: bool = True,
         eval_facts: int = 200,
         corpus: Corpus | None = None,
+        device: str | torch.device | None = None,
     ):
         """``eval_facts``: held-out facts sampled for fact accuracy; ``corpus``: reuse one built from the same
-        ``config.data`` (benchmarks build it once for many trainers)."""
+        ``config.data`` (benchmarks build it once for many trainers); ``device``: ``"auto"`` (the default:
+        CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, not part of the config."""
         check_run(config)
+        self.device = resolve_device(device)  # first: an unavailable device fails before any work
+        self.devices = [str(self.device)]  # every device the run has used, in order (resumes may change it)
         self.cfg = config
         self.out = Path(out_dir)
         self.progress = progress
@@ -95,13 +105,15 @@ class Trainer:
         if not tok_dir.exists():
             self.corpus.tokenizer.save_pretrained(tok_dir)  # type: ignore[attr-defined]
         tok: Any = self.corpus.tokenizer
-        self.model = build_model(
-            config.model,
-            self.corpus.vocab_size,
-            tok.pad_token_id,
-            tok.eos_token_id,
-            config.train.seed,
-        )
+        with torch.device("cpu"):  # initialized on the host: the same weights whatever the device
+            model = build_model(
+                config.model,
+                self.corpus.vocab_size,
+                tok.pad_token_id,
+                tok.eos_token_id,
+                config.train.seed,
+            )
+        self.model = model.to(self.device)
         self.sites = Sites.detect(self.model)
         self.lm = LoadedModel(self.model, tok, self.sites, str(self.out), add_special_tokens=False)
         self.optimizer = make_optimizer(self.model, config.train)
@@ -185,10 +197,19 @@ class Trainer:
             return
         self.step = int(state["step"])
         self.last = state.get("last", {})
+        before = state.get("devices") or []
+        if before and before[-1] != str(self.device):
+            warnings.warn(
+                f"resuming a run checkpointed on {before[-1]} on {self.device}: the result is valid but not "
+                "bit-identical to an uninterrupted run on one device",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.devices = list(dict.fromkeys([*before, str(self.device)]))
         repair_metrics(self.out / "metrics.jsonl", self.step)
 
     def checkpoint(self) -> Path:
-        state = {"last": self.last, "config": dataclasses.asdict(self.cfg)}
+        state = {"last": self.last, "config": dataclasses.asdict(self.cfg), "devices": self.devices}
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
@@ -204,7 +225,7 @@ class Trainer:
         """One optimizer step at index ``step``; returns its metrics (floats)."""
         t = self.cfg.train
         self.model.train()
-        batch = self.corpus.batch(step, t.batch_size, t.seq_len, t.seed)
+        batch = self.corpus.batch(step, t.batch_size, t.seq_len, t.seed).to(self.device)
         x, y = batch[:, :-1], batch[:, 1:]
         ctx = StepContext(self.model, self.sites, step, t.steps, x)
         active = [r for r in self.regularizers if r.factor(step, t.steps) > 0]
@@ -268,6 +289,7 @@ class Trainer:
         """Mean next-token cross-entropy (nats/token) over ``batches`` of windows [batch, seq_len + 1]."""
         total, count = 0.0, 0
         for b in batches:
+            b = b.to(self.device)
             logits = self.model(input_ids=b[:, :-1]).logits
             targets = b[:, 1:].reshape(-1)
             total += float(
@@ -305,14 +327,23 @@ class Trainer:
                 cb(self, step)
         bar.close()
         self.export()
-        return {"step": self.step, **self.last}
+        return {"step": self.step, **self.last, **self.placement()}
+
+    def placement(self) -> dict:
+        """Where the run ran: ``{"device": ...}``, plus ``devices`` (in order) when resumes changed it."""
+        out: dict = {"device": str(self.device)}
+        if len(self.devices) > 1:
+            out["devices"] = self.devices
+        return out
 
     def export(self) -> Path:
         """Save the model and tokenizer with save_pretrained into ``<out>/model``."""
         target = self.out / "model"
         self.model.save_pretrained(target)
         self.corpus.tokenizer.save_pretrained(target)  # type: ignore[attr-defined]
-        (target / "final.json").write_text(json.dumps({"step": self.step, **self.last}, indent=2))
+        (target / "final.json").write_text(
+            json.dumps({"step": self.step, **self.last, **self.placement()}, indent=2)
+        )
         return target
 
 
@@ -379,7 +410,12 @@ def _load_tokenizer(path: Path):
 
 
 def train(
-    config: RunConfig, out_dir: str | Path, progress: bool = True, callbacks: Sequence[Callback] = ()
+    config: RunConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    device: str | torch.device | None = None,
 ) -> dict:
-    """Train (or resume) a run; returns the final metrics. The model is in ``<out_dir>/model``."""
-    return Trainer(config, out_dir, progress).fit(callbacks)
+    """Train (or resume) a run on ``device`` (default ``"auto"``: CUDA when available); returns the final
+    metrics with the device used. The model is in ``<out_dir>/model``."""
+    return Trainer(config, out_dir, progress, device=device).fit(callbacks)

@@ -23,18 +23,18 @@ from legibility.training.model import ffn_weights
 from legibility.training.regularizers.base import Regularizer, RegularizerConfig, StepContext, register
 
 
-def positions(n: int, layout: str) -> Tensor:
+def positions(n: int, layout: str, device: torch.device | str = "cpu") -> Tensor:
     """Coordinates [n, dims] of n points spread evenly over [0, 1] (line) or [0, 1]^2 (grid, row-major)."""
     if layout == "line":
-        return (torch.arange(n, dtype=torch.float32) / max(n - 1, 1))[:, None]
+        return (torch.arange(n, dtype=torch.float32, device=device) / max(n - 1, 1))[:, None]
     side = math.ceil(math.sqrt(n))
-    idx = torch.arange(n)
+    idx = torch.arange(n, device=device)
     return torch.stack([idx // side, idx % side], 1).float() / max(side - 1, 1)
 
 
-def distances(n_neurons: int, d_model: int, layout: str) -> Tensor:
+def distances(n_neurons: int, d_model: int, layout: str, device: torch.device | str = "cpu") -> Tensor:
     """Euclidean distance [n_neurons, d_model] between each neuron's and each residual dimension's place."""
-    return torch.cdist(positions(n_neurons, layout), positions(d_model, layout))
+    return torch.cdist(positions(n_neurons, layout, device), positions(d_model, layout, device))
 
 
 def locality_cost(w_in: list[Tensor], w_out: Tensor, dist: Tensor, gap: float) -> Tensor:
@@ -54,16 +54,18 @@ def greedy_swaps(cost: Tensor) -> Tensor:
     """A permutation perm (new place p holds old neuron perm[p]) from greedy improving pairwise swaps."""
     n = cost.shape[0]
     at = list(range(n))  # at[p] = neuron at place p
+    places = torch.arange(n, device=cost.device)
     for p in range(n):
         i = at[p]
         # gain of exchanging the neurons at places p and q
-        here = cost[i, p] + cost[torch.tensor(at), torch.arange(n)]
-        there = cost[i, torch.arange(n)] + cost[torch.tensor(at), p]
+        held = torch.tensor(at, device=cost.device)
+        here = cost[i, p] + cost[held, places]
+        there = cost[i, places] + cost[held, p]
         gain = here - there
         q = int(gain.argmax())
         if gain[q] > 1e-12 and q != p:
             at[p], at[q] = at[q], at[p]
-    return torch.tensor(at)
+    return torch.tensor(at, device=cost.device)
 
 
 def neuron_axes(model: nn.Module, layer: int) -> list[tuple[nn.Parameter, int]]:
@@ -104,7 +106,7 @@ class Locality(Regularizer[LocalityConfig]):
     def _dist(self, model: nn.Module, layer: int) -> Tensor:
         w_in, _ = ffn_weights(model, layer)
         n, d = w_in[0].shape
-        return distances(n, d, self.config.layout).to(w_in[0].device)
+        return distances(n, d, self.config.layout, w_in[0].device)
 
     def penalty(self, ctx: StepContext) -> Tensor:
         costs = []

@@ -149,7 +149,7 @@ def suppressed_p(lm: LoadedModel, batch: Batch, mask: Tensor) -> Tensor:
 
 def shuffle_within_layers(mask: Tensor, generator: torch.Generator) -> Tensor:
     """The mask with its neurons permuted at random within each (prompt, layer) [batch, layers, neurons]."""
-    perm = torch.rand(mask.shape, generator=generator).argsort(-1).to(mask.device)
+    perm = torch.rand(mask.shape, generator=generator, device=generator.device).argsort(-1).to(mask.device)
     return mask.gather(-1, perm)
 
 
