@@ -181,3 +181,19 @@ def test_module_example_runs():
     import legibility.report.study as study
 
     assert doctest.testmod(study).failed == 0
+
+
+def test_study_parts_share_their_baseline_trials():
+    """The dose part reuses the study's `none` trials (same resolved config, same ids) instead of retraining."""
+    from pathlib import Path
+
+    from legibility.sweeps.config import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+    study, dose = load_sweep(root / "study.yaml"), load_sweep(root / "study-dose.yaml")
+    assert len(study.trials) == 108 and len({t.variant for t in study.trials}) == 9
+    assert {t.run_config["model"]["d_ffn"] for t in study.trials} == {64, 128, 256, 512}
+    ids = {t.id for t in study.trials}
+    base = [t for t in dose.trials if t.variant == "none"]
+    assert len(base) == 3 and all(t.id in ids for t in base)
+    assert not any(t.id in ids for t in dose.trials if t.variant != "none")
