@@ -97,7 +97,7 @@ def _study_section(study: dict | None) -> str:
     from legibility.report.study import study_markdown
 
     parts, table = [], []
-    for line in study_markdown(study).splitlines():
+    for line in [*study_markdown(study).splitlines(), ""]:  # the blank line flushes a closing table
         if line.startswith("|"):
             if not line.startswith("|---"):
                 table.append(line.strip("|").split("|"))
