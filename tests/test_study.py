@@ -165,7 +165,8 @@ def test_report_writes_the_study(tmp_path):
     page = write_report(tmp_path)
     text = page.read_text()
     assert "Study: variants against the baseline" in text and "<b>dropout</b>" in text
-    assert text.count("<table>") == 3  # the summary, the study cells, the per-grid-point differences
+    section = text.split("Study: variants against the baseline")[1].split("<h2>")[0]
+    assert section.count("<table>") == 2  # the study's cells and the per-grid-point differences
     study = json.loads((tmp_path / "study.json").read_text())
     assert {h["name"] for h in study["hypotheses"]} == {"width", "dropout"}
     assert (tmp_path / "study_frontier.png").stat().st_size > 0 and (
