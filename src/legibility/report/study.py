@@ -305,10 +305,11 @@ def sentence(h: dict) -> str:
 
 def study_markdown(study: dict) -> str:
     """The study as markdown: the per-cell table, the hypotheses' sentences, and the goal check."""
-    head = ["grid point", "variant", "seeds", "cost (nats)"] + [label for _, label, _ in COLUMNS]
+    head = ["grid point", "variant", "seeds", study["cost_metric"], "cost (nats)"]
+    head += [label for _, label, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in study["cells"]:
-        vals = [c["label"], c["variant"], str(len(c["seeds"])), _ci(c["cost"], signed=True)]
+        vals = [c["label"], c["variant"], str(len(c["seeds"])), _ci(c["loss"]), _ci(c["cost"], signed=True)]
         vals += [_ci(c[m], digits) for m, _, digits in COLUMNS]
         lines.append("| " + " | ".join(vals) + (" (goal)" if c["goal"] else "") + " |")
     goal = study["goal"]
