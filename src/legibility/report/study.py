@@ -360,7 +360,10 @@ def _per_point_table(study: dict) -> list[str]:
 
 
 def _colors(plt, variants: Sequence[str]) -> dict[str, Any]:
+    """Distinct colors: the 10 Tableau colors, or tab20's 20 when there are more variants."""
     palette = list(plt.matplotlib.colors.TABLEAU_COLORS.values())
+    if len(variants) > len(palette):
+        palette = [plt.matplotlib.colormaps["tab20"](i) for i in range(20)]
     return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
 
 
