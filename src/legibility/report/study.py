@@ -406,14 +406,15 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
 
 
 def study_width_figure(study: dict, path: str | Path) -> Path | None:
-    """Specific suppressability, held-out fact accuracy and cost against a single numeric grid axis."""
+    """Specific suppressability, held-out fact accuracy and the absolute loss against a single numeric grid
+    axis (absolute, not the cost: the axis' own effect on performance is the point here)."""
     if len(study["grid"]) != 1 or not all(isinstance(p[0], int | float) for p in study["points"]):
         return None
     plt = pyplot()
     panels = (
         (HEADLINE, "specific suppressability"),
         ("fact_accuracy", "held-out fact top-1"),
-        ("cost", "cost (nats)"),
+        ("loss", f"{study['cost_metric']} (nats/token, lower is better)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.4))
     colors = _colors(plt, study["variants"])
@@ -432,9 +433,10 @@ def study_width_figure(study: dict, path: str | Path) -> Path | None:
         ax.set_xlabel(study["grid"][0])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
     fig.suptitle("Against width: means with 95% CIs over seeds")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
