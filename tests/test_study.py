@@ -94,6 +94,11 @@ def test_paired_costs_verdicts_and_width():
     assert hyp["dropout"]["verdict"] == "held" and hyp["dropout"]["difference"]["n"] == 9
     assert hyp["dropout"]["difference"]["value"] == pytest.approx(-0.1)
     assert [e["value"] for e in hyp["dropout"]["per_point"]] == pytest.approx([-0.1] * 3)
+    comp = {c["variant"]: c for c in study["comparisons"]}
+    assert set(comp) == {"dropout", "sparse_connections", "suppressability"}
+    assert comp["dropout"]["cost"]["value"] == pytest.approx(0.1) and comp["dropout"]["cost"]["n"] == 9
+    assert comp["suppressability"]["suppressability"]["value"] == pytest.approx(0.3)
+    assert comp["dropout"]["points"] == [[64], [128], [512]]
     assert hyp["sparse connections"]["verdict"] == "not decided"
     assert hyp["suppressability objective (its own number)"]["verdict"] == "held"
     width = hyp["width"]
@@ -104,6 +109,7 @@ def test_paired_costs_verdicts_and_width():
     assert "**dropout** (dropout is bad for interpretability): held." in md
     assert "Goal" in md and "not reached" in md
     assert "| dropout - none | specific_suppressability | -0.100 [-0.100, -0.100] |" in md
+    assert "| dropout | 64, 128, 512 | -0.100 [-0.100, -0.100] |" in md
 
 
 def test_goal_and_contradiction():
@@ -166,7 +172,7 @@ def test_report_writes_the_study(tmp_path):
     text = page.read_text()
     assert "Study: variants against the baseline" in text and "<b>dropout</b>" in text
     section = text.split("Study: variants against the baseline")[1].split("<h2>")[0]
-    assert section.count("<table>") == 2  # the study's cells and the per-grid-point differences
+    assert section.count("<table>") == 3  # the study's cells, per-grid-point differences, every variant
     study = json.loads((tmp_path / "study.json").read_text())
     assert {h["name"] for h in study["hypotheses"]} == {"width", "dropout"}
     assert (tmp_path / "study_frontier.png").stat().st_size > 0 and (

@@ -217,6 +217,19 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
                 "verdict": verdict(diff, h.sign),
             }
         )
+    comparisons = [
+        {
+            "variant": v,
+            "points": [list(p) for p in points if (v, p) in by_cell and (baseline, p) in by_cell],
+            **{
+                m: _est(t_estimate(paired(v, baseline, m)))
+                for m in (HEADLINE, "suppressability", "fact_accuracy")
+            },
+            "cost": _est(t_estimate(paired(v, baseline, loss))),
+        }
+        for v in variants
+        if v != baseline
+    ]
     width = _width_hypothesis(keys, points, by_cell, baseline, variants)
     if width:
         hypotheses.insert(0, width)
@@ -228,6 +241,7 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
         "variants": variants,
         "cells": cells,
         "hypotheses": hypotheses,
+        "comparisons": comparisons,
         "goal": {"specific_suppressability": GOAL_SPECIFIC, "cost_nats": GOAL_COST},
     }
 
@@ -326,6 +340,7 @@ def study_markdown(study: dict) -> str:
         *[f"- {sentence(h)}" for h in study["hypotheses"]],
         "",
         *_per_point_table(study),
+        *_comparison_table(study),
     ]
     if reached:
         out.append(
@@ -356,6 +371,24 @@ def _per_point_table(study: dict) -> list[str]:
     for h in rows:
         cells = " | ".join(_ci(e, signed=True) for e in h["per_point"])
         out.append(f"| {h['variant']} - {h['reference']} | {h['metric']} | {cells} |")
+    return [*out, ""]
+
+
+def _comparison_table(study: dict) -> list[str]:
+    """Every variant minus the baseline, paired over the grid points and seeds both have."""
+    rows = study.get("comparisons") or []
+    if not rows:
+        return []
+    out = [
+        f"Every variant minus `{study['baseline']}` (paired over the grid points and seeds both have):",
+        "",
+        "| variant | grid points | specific suppr. | suppressability | held-out top-1 | cost (nats) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        where = ", ".join(str(p[0]) if len(p) == 1 else str(p) for p in c["points"]) or "none shared"
+        vals = [_ci(c[m], signed=True) for m in (HEADLINE, "suppressability", "fact_accuracy", "cost")]
+        out.append(f"| {c['variant']} | {where} | " + " | ".join(vals) + " |")
     return [*out, ""]
 
 
