@@ -392,12 +392,25 @@ def _comparison_table(study: dict) -> list[str]:
     return [*out, ""]
 
 
-def _colors(plt, variants: Sequence[str]) -> dict[str, Any]:
-    """Distinct colors: the 10 Tableau colors, or tab20's 20 when there are more variants."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _styles(plt, variants: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """(color, marker) per variant: the 10 Tableau colors, then the same colors with other markers."""
     palette = list(plt.matplotlib.colors.TABLEAU_COLORS.values())
-    if len(variants) > len(palette):
-        palette = [plt.matplotlib.colormaps["tab20"](i) for i in range(20)]
-    return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+    return {
+        v: (palette[i % len(palette)], MARKERS[(i // len(palette)) % len(MARKERS)])
+        for i, v in enumerate(variants)
+    }
+
+
+def _legend(fig, axes, ncol: int) -> None:
+    """One legend below the panels with every variant of any panel (each once)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, h)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), ncol), fontsize=8)
 
 
 def _err(e: dict) -> tuple[float, list[list[float]]]:
@@ -410,7 +423,7 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
     plt = pyplot()
     points = study["points"]
     fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points) + 1, 4.4), sharey=True, squeeze=False)
-    colors = _colors(plt, study["variants"])
+    styles = _styles(plt, study["variants"])
     for ax, p in zip(axes[0], points, strict=True):
         for c in study["cells"]:
             if c["point"] != p or not c["cost"]:
@@ -418,7 +431,14 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
             x, xerr = _err(c["cost"])
             y, yerr = _err(c[HEADLINE])
             ax.errorbar(
-                x, y, xerr=xerr, yerr=yerr, fmt="o", color=colors[c["variant"]], capsize=2, label=c["variant"]
+                x,
+                y,
+                xerr=xerr,
+                yerr=yerr,
+                fmt=styles[c["variant"]][1],
+                color=styles[c["variant"]][0],
+                capsize=2,
+                label=c["variant"],
             )
         ax.axhspan(GOAL_SPECIFIC, 1.0, xmin=0, xmax=1, color="green", alpha=0.06)
         ax.axvline(GOAL_COST, color="green", ls=":", lw=1)
@@ -429,10 +449,9 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("specific suppressability (higher: facts removable one by one)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    _legend(fig, axes[0], 5)
     fig.suptitle("Study frontier: means with 95% CIs over seeds; dotted lines: the goal (top-left corner)")
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
@@ -450,7 +469,7 @@ def study_width_figure(study: dict, path: str | Path) -> Path | None:
         ("loss", f"{study['cost_metric']} (nats/token, lower is better)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.4))
-    colors = _colors(plt, study["variants"])
+    styles = _styles(plt, study["variants"])
     for ax, (key, label) in zip(axes, panels, strict=True):
         for v in study["variants"]:
             cells = [c for c in study["cells"] if c["variant"] == v and c.get(key)]
@@ -460,16 +479,16 @@ def study_width_figure(study: dict, path: str | Path) -> Path | None:
             ys = [c[key]["value"] for c in cells]
             lo = [c[key]["value"] - c[key]["ci_low"] for c in cells]
             hi = [c[key]["ci_high"] - c[key]["value"] for c in cells]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, color=colors[v], label=v)
+            color, marker = styles[v]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, capsize=2, color=color, label=v)
         ax.set_xscale("log", base=2)
         ax.set_xticks([p[0] for p in study["points"]], [str(p[0]) for p in study["points"]])
         ax.set_xlabel(study["grid"][0])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+    _legend(fig, axes, 7)
     fig.suptitle("Against width: means with 95% CIs over seeds")
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
