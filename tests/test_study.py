@@ -60,7 +60,7 @@ def _rows(effects: dict[str, dict]) -> list[dict]:
                         "train": {
                             "text_val_loss": 2.5 + offset[s] + eff.get("cost", 0.0),
                             "val_loss": 2.0,
-                            "fact_accuracy": 0.9,
+                            "fact_accuracy": 0.9 + eff.get("acc", 0.0),
                         },
                         "metrics": {
                             "specific_suppressability": {
@@ -75,7 +75,7 @@ def _rows(effects: dict[str, dict]) -> list[dict]:
 
 EFFECTS = {
     "none": {},
-    "dropout": {"overrides": {"model.dropout": 0.1}, "spec": -0.1, "cost": 0.1},
+    "dropout": {"overrides": {"model.dropout": 0.1}, "spec": -0.1, "cost": 0.1, "acc": -0.3},
     "sparse_connections": {"spec": 0.0, "noise": 0.2},
     "suppressability": {"supp": 0.3, "spec": 0.05, "cost": 0.02},
 }
@@ -90,6 +90,7 @@ def test_paired_costs_verdicts_and_width():
     assert cell[("dropout", 128)]["cost"]["value"] == pytest.approx(0.1)
     assert cell[("dropout", 128)]["cost"]["ci_high"] - cell[("dropout", 128)]["cost"]["ci_low"] < 1e-9
     assert cell[("none", 64)]["cost"]["value"] == 0.0
+    assert cell[("dropout", 512)]["accuracy_cost"]["value"] == pytest.approx(0.3)  # top-1 lost, paired
     hyp = {h["name"]: h for h in study["hypotheses"]}
     assert hyp["dropout"]["verdict"] == "held" and hyp["dropout"]["difference"]["n"] == 9
     assert hyp["dropout"]["difference"]["value"] == pytest.approx(-0.1)

@@ -193,6 +193,9 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
             cell["loss"] = _est(t_estimate([m[loss] for m in seeds.values() if loss in m]))
             cost = paired(v, baseline, loss, p) if v != baseline else np.zeros(len(seeds))
             cell["cost"] = _est(t_estimate(cost)) if (baseline, p) in by_cell else None
+            # the facts' own price: held-out top-1 lost against the baseline (what nats on text do not see)
+            acc = paired(v, baseline, "fact_accuracy", p) if v != baseline else np.zeros(len(seeds))
+            cell["accuracy_cost"] = _est(t_estimate(-acc)) if (baseline, p) in by_cell else None
             s, c = cell[HEADLINE]["value"], (cell["cost"] or {}).get("value", float("nan"))
             cell["goal"] = bool(s >= GOAL_SPECIFIC and c <= GOAL_COST)
             cells.append(cell)
@@ -419,39 +422,44 @@ def _err(e: dict) -> tuple[float, list[list[float]]]:
 
 
 def study_frontier_figure(study: dict, path: str | Path) -> Path:
-    """Specific suppressability against the cost in nats, one panel per grid point, the goal region shaded."""
+    """Specific suppressability against the cost, one column per grid point: the cost in nats on held-out
+    text (top row, the goal region shaded) and the held-out fact top-1 lost (bottom row)."""
     plt = pyplot()
     points = study["points"]
-    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points) + 1, 4.4), sharey=True, squeeze=False)
+    rows = (
+        ("cost", f"cost: {study['cost_metric']} - baseline (nats)", GOAL_COST),
+        ("accuracy_cost", "held-out fact top-1 lost against the baseline", None),
+    )
+    fig, axes = plt.subplots(
+        len(rows), len(points), figsize=(4.2 * len(points) + 1, 8.2), sharey=True, squeeze=False
+    )
     styles = _styles(plt, study["variants"])
-    for ax, p in zip(axes[0], points, strict=True):
-        for c in study["cells"]:
-            if c["point"] != p or not c["cost"]:
-                continue
-            x, xerr = _err(c["cost"])
-            y, yerr = _err(c[HEADLINE])
-            ax.errorbar(
-                x,
-                y,
-                xerr=xerr,
-                yerr=yerr,
-                fmt=styles[c["variant"]][1],
-                color=styles[c["variant"]][0],
-                capsize=2,
-                label=c["variant"],
-            )
-        ax.axhspan(GOAL_SPECIFIC, 1.0, xmin=0, xmax=1, color="green", alpha=0.06)
-        ax.axvline(GOAL_COST, color="green", ls=":", lw=1)
-        ax.axhline(GOAL_SPECIFIC, color="green", ls=":", lw=1)
-        ax.axvline(0, color="grey", lw=0.6)
-        ax.set_title(_label(study["grid"], tuple(p)))
-        ax.set_xlabel(f"cost: {study['cost_metric']} - baseline (nats)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("specific suppressability (higher: facts removable one by one)")
-    _legend(fig, axes[0], 5)
-    fig.suptitle("Study frontier: means with 95% CIs over seeds; dotted lines: the goal (top-left corner)")
-    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
+    for r, (key, xlabel, goal) in enumerate(rows):
+        for ax, p in zip(axes[r], points, strict=True):
+            for c in study["cells"]:
+                if c["point"] != p or not c.get(key):
+                    continue
+                x, xerr = _err(c[key])
+                y, yerr = _err(c[HEADLINE])
+                color, marker = styles[c["variant"]]
+                ax.errorbar(
+                    x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, capsize=2, label=c["variant"]
+                )
+            ax.axhline(GOAL_SPECIFIC, color="green", ls=":", lw=1)
+            if goal is not None:
+                ax.axhspan(GOAL_SPECIFIC, 1.0, color="green", alpha=0.06)
+                ax.axvline(goal, color="green", ls=":", lw=1)
+            ax.axvline(0, color="grey", lw=0.6)
+            ax.set_title(_label(study["grid"], tuple(p)))
+            ax.set_xlabel(xlabel)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[r][0].set_ylabel("specific suppressability")
+    _legend(fig, axes.ravel(), 5)
+    fig.suptitle(
+        "Study frontier: means with 95% CIs over seeds; the goal is the shaded top-left corner of the top row"
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
