@@ -206,3 +206,10 @@ def test_study_parts_share_their_baseline_trials():
     base = [t for t in dose.trials if t.variant == "none"]
     assert len(base) == 3 and all(t.id in ids for t in base)
     assert not any(t.id in ids for t in dose.trials if t.variant != "none")
+    width = load_sweep(root / "study-width.yaml")  # more baseline seeds: new ids, same config otherwise
+    assert len(width.trials) == 24 and not {t.id for t in width.trials} & ids
+    same = [t for t in study.trials if t.variant == "none" and t.seed == 0]
+    for t in width.trials:
+        twin = next(s for s in same if s.run_config["model"]["d_ffn"] == t.run_config["model"]["d_ffn"])
+        assert {**t.run_config, "train": {}} == {**twin.run_config, "train": {}}
+        assert {**t.run_config["train"], "seed": 0} == twin.run_config["train"]
