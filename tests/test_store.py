@@ -71,3 +71,88 @@ def test_lock_refuses_a_live_run_and_recovers_a_dead_ones(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     with pytest.warns(StoreWarning, match="stale lock"), run_lock(tmp_path) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+CONTENDER = """
+import sys, time
+from legibility import LegibilityError
+from legibility.store import run_lock
+out, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    with run_lock(out):
+        print("got", flush=True)
+        time.sleep(1.5)
+except LegibilityError as e:
+    print("refused:", e, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_runs_starting_at_the_same_moment_in_separate_processes_get_one_lock(tmp_path):
+    """Several processes take the lock of one --out at the same instant, three rounds: each round exactly
+    one wins and the others are refused naming the winner (no window in which two both win)."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for round_ in range(3):
+        out = tmp_path / f"o{round_}"
+        start = time.time() + 2.0  # after every interpreter has started
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONTENDER, str(out), str(start)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(4)
+        ]
+        lines = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert sum(line == "got" for line in lines) == 1, lines
+        assert all(line == "got" or "in use by another run (pid" in line for line in lines), lines
+        assert not (out / ".lock").exists()  # the winner released it
+
+
+@pytest.mark.slow
+def test_a_cli_run_is_refused_while_another_process_holds_the_out(tmp_path):
+    """A real second process: `legibility neurons` on an --out locked by another live process exits 2
+    with the one-line reason and writes nothing; once that process is killed the same command runs."""
+    from helpers import tiny_lm
+    from test_cli import LOOSE, _args, _facts_file
+
+    tiny_model_dir = tmp_path / "model"
+    lm = tiny_lm("llama")
+    lm.model.save_pretrained(tiny_model_dir)
+    lm.tokenizer.save_pretrained(tiny_model_dir)
+
+    holder = """
+import sys, time
+from legibility.store import run_lock
+with run_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(out), "120"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    facts = _facts_file(tmp_path / "f.jsonl", 2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "legibility.cli",
+        *_args("neurons", tiny_model_dir, facts, out, "--steps", "2", *LOOSE),
+    ]
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.poll() is None  # the holder was alive all along
+    proc.kill()
+    proc.wait()
+    assert refused.returncode == 2, refused.stderr
+    assert f"in use by another run (pid {proc.pid})" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (out / "neurons.jsonl").exists()
+    after = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert after.returncode == 0, after.stderr
+    assert "stale lock" in after.stderr and (out / "neurons.jsonl").exists()

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import socket
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -153,24 +154,105 @@ def check_writable(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
     return out
 
 
+def _publish(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text``, or raise FileExistsError; the file never exists empty.
+
+    The text is written to a private file first and hard-linked into place (atomic, and refused when the
+    name exists), so a run that finds the lock always reads its holder: an empty lock would look stale
+    and be taken over while its run was still starting. Where hard links are not supported the file is
+    created exclusively and then written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
 def run_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Hold ``<out_dir>/.lock`` (pid and host) for the block; a second run on the same directory is refused.
 
-    A lock left by a killed run on this host (its pid is gone) is taken over with a warning.
+    Where the OS has ``flock`` (Linux, macOS) the lock is the kernel's: it dies with its process, so a
+    killed run never blocks the next one, and two runs starting at the same moment cannot both win. The
+    file names the holder for the error message; a file left by a killed run is taken over with a warning.
+    Elsewhere the file itself is the lock (created exclusively; a holder whose pid is gone is stale).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows)
+        with _file_lock(out, path, me):
+            yield path
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _holder(path).get("pid")
+            raise LegibilityError(
+                f"{out} is in use by another run (pid {pid}); wait for it to finish or use another --out"
+            ) from None
+        try:  # the run before may have released and deleted the file between our open and our flock
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        before = _holder(path)
+        if before.get("host") not in (None, me["host"]):
+            raise LegibilityError(
+                f"{out} is locked by a run on host {before['host']} (pid {before.get('pid')}); if that run "
+                f"is dead, delete {path}"
+            )
+        if before.get("pid") not in (None, me["pid"]):
+            warnings.warn(
+                f"{out}: recovered the stale lock of a run that died (pid {before['pid']})", StoreWarning, 3
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still holding the lock: a waiter then sees another inode and retries
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> dict:
+    """The pid and host a lock file names ({} when it is empty, unreadable or gone)."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def _file_lock(out: Path, path: Path, me: dict) -> Iterator[None]:
+    """The lock without flock: the file is created exclusively, already holding its pid and host."""
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _publish(path, json.dumps(me))
         except FileExistsError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
+            holder = _holder(path)
             pid, host = holder.get("pid"), holder.get("host")
             if isinstance(pid, int) and host == me["host"] and _alive(pid):
                 raise LegibilityError(
@@ -180,21 +262,18 @@ def run_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
                 raise LegibilityError(
                     f"{out} is locked by a run on host {host} (pid {pid}); if that run is dead, delete {path}"
                 ) from None
-            warnings.warn(f"{out}: recovered the stale lock of a run that died (pid {pid})", StoreWarning, 3)
+            warnings.warn(f"{out}: recovered the stale lock of a run that died (pid {pid})", StoreWarning, 4)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
         break
     else:
         raise LegibilityError(f"could not take the lock {path}; is another run starting on {out}?")
     try:
-        yield path
+        yield
     finally:
-        with contextlib.suppress(OSError):
-            holder = json.loads(path.read_text() or "{}")
-            if holder.get("pid") == me["pid"]:
+        if _holder(path).get("pid") == me["pid"]:
+            with contextlib.suppress(OSError):
                 path.unlink()
 
 
