@@ -31,6 +31,12 @@ def trial_metrics(row: dict) -> dict[str, float]:
     return out
 
 
+def loss_key(rows: Sequence[dict]) -> str:
+    """``text_val_loss`` (held-out general text) when every trial has it, else the mixed ``val_loss``."""
+    metrics = [trial_metrics(r) for r in rows]
+    return "text_val_loss" if metrics and all("text_val_loss" in m for m in metrics) else "val_loss"
+
+
 def by_variant(rows: Sequence[dict], key: str) -> dict[str, np.ndarray]:
     groups: dict[str, list[float]] = defaultdict(list)
     for r in rows:
@@ -64,9 +70,7 @@ def frontier_figure(rows: Sequence[dict], path: str | Path, x_key: str = "suppre
     colors = {v: palette[i % len(palette)] for i, v in enumerate(sorted(xs))}
 
     panels = list(PERFORMANCE)
-    if rows and all(
-        "text_val_loss" in trial_metrics(r) for r in rows
-    ):  # the general-text loss, when held out
+    if loss_key(rows) == "text_val_loss":  # the general-text loss, when held out
         panels[1] = ("text_val_loss", "validation loss on held-out text", False)
     for ax, (y_key, y_label, y_higher) in zip(axes, panels, strict=True):
         ys = by_variant(rows, y_key)

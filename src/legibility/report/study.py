@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from legibility.metrics.stats import Estimate, t_estimate
-from legibility.report.frontier import trial_metrics
+from legibility.report.frontier import loss_key, trial_metrics
 from legibility.report.plotting import pyplot
 
 HEADLINE = "specific_suppressability"
@@ -146,17 +146,11 @@ def _est(e: Estimate) -> dict:
     return e.to_dict()
 
 
-def cost_key(rows: Sequence[dict]) -> str:
-    """``text_val_loss`` when every finished trial has it, else the mixed ``val_loss``."""
-    done = [trial_metrics(r) for r in rows]
-    return "text_val_loss" if done and all("text_val_loss" in m for m in done) else "val_loss"
-
-
 def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any]:
     """Cells, paired costs, hypotheses and the goal check of the finished trials ``rows``."""
     done = [r for r in rows if r.get("status", "done") == "done"]
     keys = grid_keys(done)
-    loss = cost_key(done)
+    loss = loss_key(done)
     by_cell: dict[tuple[str, tuple], dict[int, dict[str, float]]] = defaultdict(dict)
     for r in done:
         m = trial_metrics(r)
@@ -168,13 +162,13 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
     variants = sorted({v for v, _ in by_cell}, key=lambda v: (v != baseline, v))
 
     def paired(variant: str, reference: str, metric: str, only: tuple | None = None) -> np.ndarray:
-        out = []
-        for p in points if only is None else [only]:
-            a, b = by_cell.get((variant, p), {}), by_cell.get((reference, p), {})
-            out += [
-                a[s][metric] - b[s][metric] for s in sorted(a) if s in b and metric in a[s] and metric in b[s]
-            ]
-        return np.array(out)
+        return _seed_diffs(
+            [
+                (by_cell.get((variant, p), {}), by_cell.get((reference, p), {}))
+                for p in ([only] if only else points)
+            ],
+            metric,
+        )
 
     cells = []
     for p in points:
@@ -191,11 +185,11 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
             for metric, _, _ in COLUMNS:
                 cell[metric] = _est(t_estimate([m[metric] for m in seeds.values() if metric in m]))
             cell["loss"] = _est(t_estimate([m[loss] for m in seeds.values() if loss in m]))
-            cost = paired(v, baseline, loss, p) if v != baseline else np.zeros(len(seeds))
-            cell["cost"] = _est(t_estimate(cost)) if (baseline, p) in by_cell else None
+            has_base = (baseline, p) in by_cell  # the baseline's own cells pair with themselves: zero cost
+            cell["cost"] = _est(t_estimate(paired(v, baseline, loss, p))) if has_base else None
             # the facts' own price: held-out top-1 lost against the baseline (what nats on text do not see)
-            acc = paired(v, baseline, "fact_accuracy", p) if v != baseline else np.zeros(len(seeds))
-            cell["accuracy_cost"] = _est(t_estimate(-acc)) if (baseline, p) in by_cell else None
+            acc = paired(v, baseline, "fact_accuracy", p)
+            cell["accuracy_cost"] = _est(t_estimate(-acc)) if has_base else None
             s, c = cell[HEADLINE]["value"], (cell["cost"] or {}).get("value", float("nan"))
             cell["goal"] = bool(s >= GOAL_SPECIFIC and c <= GOAL_COST)
             cells.append(cell)
@@ -249,6 +243,18 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
     }
 
 
+def _seed_diffs(pairs: Sequence[tuple[dict, dict]], metric: str) -> np.ndarray:
+    """``a - b`` on ``metric`` for every seed both cells of each (a, b) pair have (cells: seed -> metrics)."""
+    return np.array(
+        [
+            a[s][metric] - b[s][metric]
+            for a, b in pairs
+            for s in sorted(a)
+            if s in b and metric in a[s] and metric in b[s]
+        ]
+    )
+
+
 def _sort_key(p: tuple) -> tuple:
     return tuple((0, float(x)) if isinstance(x, int | float) else (1, repr(x)) for x in p)
 
@@ -261,15 +267,7 @@ def _width_hypothesis(keys, points, by_cell, baseline, variants) -> dict | None:
     lo, hi = points[0], points[-1]
 
     def diffs(vs: Sequence[str]) -> np.ndarray:
-        out = []
-        for v in vs:
-            a, b = by_cell.get((v, hi), {}), by_cell.get((v, lo), {})
-            out += [
-                a[s][HEADLINE] - b[s][HEADLINE]
-                for s in sorted(a)
-                if s in b and HEADLINE in a[s] and HEADLINE in b[s]
-            ]
-        return np.array(out)
+        return _seed_diffs([(by_cell.get((v, hi), {}), by_cell.get((v, lo), {})) for v in vs], HEADLINE)
 
     base, pooled = t_estimate(diffs([baseline])), t_estimate(diffs(variants))
     return {
