@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from train_helpers import assert_gradients_match_finite_differences, float64_lm
 
 from helpers import tiny_facts, tiny_lm
 from legibility import render
@@ -38,15 +39,7 @@ def test_partners_are_other_facts_of_the_same_relation():
 @pytest.mark.slow  # ~5 s each (float64 double backward, many loss evaluations)
 @pytest.mark.parametrize("method,family", [("gxa", "gpt2"), ("ig", "gpt2"), ("gxa", "llama")])
 def test_objective_gradient_matches_finite_differences(method, family, monkeypatch):
-    from transformers.models.llama import modeling_llama
-
-    def rms_norm_in_input_dtype(self, x):  # LlamaRMSNorm upcasts to float32 even in a float64 model
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm_in_input_dtype)
-    eps, rel = 1e-6, 1e-5
-    lm = tiny_lm(family)
-    lm.model.double()
+    lm = float64_lm(family, monkeypatch)
     pairs = _pairs(lm, tiny_facts())
     own, partners = make_batch(lm, [a for a, _ in pairs]), make_batch(lm, [b for _, b in pairs])
     cfg = SpecificConfig(method=method, ig_steps=2, k=3, temperature=0.3, collateral=2.0, control=True)
@@ -54,28 +47,7 @@ def test_objective_gradient_matches_finite_differences(method, family, monkeypat
     def loss() -> torch.Tensor:
         return specific_loss(lm, own, partners, cfg, torch.Generator().manual_seed(7))
 
-    params = [p for n, p in lm.model.named_parameters() if "mlp" in n and p.dim() == 2][:2]
-    params.append(lm.model.get_input_embeddings().weight)
-    grads = torch.autograd.grad(loss(), params)
-    gen = torch.Generator().manual_seed(3)
-    checked = 0
-    for param, grad in zip(params, grads, strict=True):
-        flat, gflat = param.data.view(-1), grad.view(-1)
-        picks = (
-            gflat.abs().topk(3).indices.tolist()
-            + torch.randint(0, flat.numel(), (2,), generator=gen).tolist()
-        )
-        for i in picks:
-            orig = flat[i].item()
-            flat[i] = orig + eps
-            up = loss().item()
-            flat[i] = orig - eps
-            down = loss().item()
-            flat[i] = orig
-            fd = (up - down) / (2 * eps)
-            assert gflat[i].item() == pytest.approx(fd, rel=rel, abs=1e-7), (param.shape, i)
-            checked += abs(fd) > 1e-6
-    assert checked >= 3
+    assert_gradients_match_finite_differences(loss, lm, eps=1e-6, rel=1e-5, n_random=2)
 
 
 def test_kill_switch_pays_the_collateral_term_that_suppressability_does_not_charge():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import assert_gradients_match_finite_differences, float64_lm
 
 from helpers import tiny_facts, tiny_lm
 from legibility import AttributionConfig, attribute, render
@@ -61,49 +62,15 @@ def test_soft_topk_mask_tends_to_the_hard_top_k():
     assert ((soft > 0.01) & (soft < 0.99)).any()
 
 
-def _rms_norm_in_input_dtype(self, x):
-    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-
 @pytest.mark.parametrize(
     "method,family", [("gxa", "gpt2"), ("ig", "gpt2"), ("gxa", "llama"), ("ig", "llama")]
 )
 def test_objective_gradient_matches_finite_differences(method, family, monkeypatch):
-    # Llama's RMSNorm computes in float32 even in a float64 model, which would drown central differences
-    # in rounding noise; the same formula in float64 keeps the check at 1e-5.
-    from transformers.models.llama import modeling_llama
-
-    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", _rms_norm_in_input_dtype)
-    eps, rel = 1e-6, 1e-5
-    lm = tiny_lm(family)
-    lm.model.double()
+    lm = float64_lm(family, monkeypatch)  # float64 throughout keeps central differences at 1e-5
     batch = make_batch(lm, _queries(lm))
     cfg = SuppressabilityConfig(method=method, ig_steps=2, k=3, temperature=0.3, control=True)
 
     def loss() -> torch.Tensor:
         return suppressability_loss(lm, batch, cfg, torch.Generator().manual_seed(7))
 
-    params = [p for n, p in lm.model.named_parameters() if "mlp" in n and p.dim() == 2][:2]
-    params.append(lm.model.get_input_embeddings().weight)
-    value = loss()
-    grads = torch.autograd.grad(value, params)
-    gen = torch.Generator().manual_seed(3)
-    checked = 0
-    for param, grad in zip(params, grads, strict=True):
-        flat, gflat = param.data.view(-1), grad.view(-1)
-        # the largest-gradient entries and a few random ones
-        picks = (
-            gflat.abs().topk(3).indices.tolist()
-            + torch.randint(0, flat.numel(), (3,), generator=gen).tolist()
-        )
-        for i in picks:
-            orig = flat[i].item()
-            flat[i] = orig + eps
-            up = loss().item()
-            flat[i] = orig - eps
-            down = loss().item()
-            flat[i] = orig
-            fd = (up - down) / (2 * eps)
-            assert gflat[i].item() == pytest.approx(fd, rel=rel, abs=1e-7), (param.shape, i)
-            checked += abs(fd) > 1e-6
-    assert checked >= 3  # the check is not vacuous: some gradients are clearly non-zero
+    assert_gradients_match_finite_differences(loss, lm, eps=1e-6, rel=1e-5, n_random=3)
