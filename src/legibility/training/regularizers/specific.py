@@ -22,7 +22,6 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,8 +31,10 @@ from legibility.errors import LegibilityError
 from legibility.facts.types import Query
 from legibility.forward import Batch, make_batch
 from legibility.models.loading import LoadedModel
-from legibility.training.regularizers.base import Regularizer, RegularizerConfig, Setup, StepContext, register
+from legibility.training.regularizers.base import Setup, StepContext, register
 from legibility.training.regularizers.suppressability import (
+    FactObjective,
+    FactObjectiveConfig,
     attributions,
     fact_queries,
     shuffle_within_layers,
@@ -43,17 +44,11 @@ from legibility.training.regularizers.suppressability import (
 
 
 @dataclass(frozen=True)
-class SpecificConfig(RegularizerConfig):
+class SpecificConfig(FactObjectiveConfig):
     """The differentiable specific-suppressability objective."""
 
-    method: Literal["gxa", "ig"] = "gxa"  # attribution: grad x activation, or few-step integrated gradients
-    ig_steps: int = 3  # path points for method ig
-    k: int = 4  # neurons suppressed per prompt (over all layers)
-    temperature: float = 0.05  # soft top-k width, relative to the prompt's largest |score|
-    facts_per_step: int = 16  # (own, same-relation partner) prompt pairs per training step
     collateral: float = 1.0  # weight of the same-relation term against the own-fact term
     control: bool = False  # also penalize any effect of suppressing a shuffled (random) mask
-    every: int = 1  # apply every this many steps (its weight is multiplied by it to keep the average)
 
 
 def specific_loss(
@@ -101,7 +96,7 @@ def partner_pairs(
 
 
 @register("specific_suppressability", SpecificConfig, "own-fact drop rewarded, same-relation drop penalized")
-class SpecificSuppressability(Regularizer[SpecificConfig]):
+class SpecificSuppressability(FactObjective[SpecificConfig]):
     def __init__(self, config: SpecificConfig, setup: Setup):
         super().__init__(config, setup)
         self.lm, self.queries = fact_queries(setup, "specific_suppressability")
@@ -115,11 +110,8 @@ class SpecificSuppressability(Regularizer[SpecificConfig]):
             )
         self.seed = setup.seed
 
-    def weight(self, step: int, total: int) -> float:
-        return super().weight(step, total) * self.config.every
-
     def penalty(self, ctx: StepContext) -> Tensor | None:
-        if ctx.step % self.config.every:
+        if not self.due(ctx.step):
             return None
         rng = random.Random(f"{self.seed}|specific|{ctx.step}")
         pairs = partner_pairs(self.queries, self.config.facts_per_step, rng)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -40,16 +40,35 @@ from legibility.training.regularizers.base import Regularizer, RegularizerConfig
 
 
 @dataclass(frozen=True)
-class SuppressabilityConfig(RegularizerConfig):
-    """The differentiable suppressability objective."""
+class FactObjectiveConfig(RegularizerConfig):
+    """The settings both differentiable fact objectives share."""
 
     method: Literal["gxa", "ig"] = "gxa"  # attribution: grad x activation, or few-step integrated gradients
     ig_steps: int = 3  # path points for method ig
     k: int = 4  # neurons suppressed per prompt (over all layers)
     temperature: float = 0.05  # soft top-k width, relative to the prompt's largest |score|
-    facts_per_step: int = 16  # fact prompts per training step
-    control: bool = True  # also penalize any effect of suppressing a shuffled (random) mask
+    facts_per_step: int = 16  # fact prompts (specific: own/same-relation prompt pairs) per training step
     every: int = 1  # apply every this many steps (its weight is multiplied by it to keep the average)
+
+
+@dataclass(frozen=True)
+class SuppressabilityConfig(FactObjectiveConfig):
+    """The differentiable suppressability objective."""
+
+    control: bool = True  # also penalize any effect of suppressing a shuffled (random) mask
+
+
+F = TypeVar("F", bound=FactObjectiveConfig)
+
+
+class FactObjective(Regularizer[F]):
+    """A fact objective computed every ``config.every`` steps, its weight multiplied by as much."""
+
+    def weight(self, step: int, total: int) -> float:
+        return super().weight(step, total) * self.config.every
+
+    def due(self, step: int) -> bool:
+        return step % self.config.every == 0
 
 
 def _row_index(batch: Batch) -> tuple[Tensor, Tensor]:
@@ -198,18 +217,15 @@ def fact_queries(setup: Setup, name: str) -> tuple[LoadedModel, list[tuple[str, 
 
 
 @register("suppressability", SuppressabilityConfig, "differentiable suppressability (meta-gradients)")
-class Suppressability(Regularizer[SuppressabilityConfig]):
+class Suppressability(FactObjective[SuppressabilityConfig]):
     def __init__(self, config: SuppressabilityConfig, setup: Setup):
         super().__init__(config, setup)
         self.lm, facts = fact_queries(setup, "suppressability")
         self.queries = [q for _, _, q in facts]
         self.seed = setup.seed
 
-    def weight(self, step: int, total: int) -> float:
-        return super().weight(step, total) * self.config.every
-
     def penalty(self, ctx: StepContext) -> Tensor | None:
-        if ctx.step % self.config.every:
+        if not self.due(ctx.step):
             return None
         rng = random.Random(f"{self.seed}|suppressability|{ctx.step}")
         chosen = rng.sample(self.queries, min(self.config.facts_per_step, len(self.queries)))
