@@ -56,8 +56,13 @@ def test_record_missing_a_required_key_names_file_and_line(tmp_path):
         JsonlStore(path, required=("before",))
 
 
-def test_lock_refuses_a_live_run_and_recovers_a_dead_ones(tmp_path):
+@pytest.mark.parametrize("kind", ["flock", "file"])
+def test_lock_refuses_a_live_run_and_recovers_a_dead_ones(tmp_path, kind, monkeypatch):
+    """Both mechanisms: the kernel's flock, and the exclusive file where there is no fcntl (Windows)."""
     from legibility.store import StoreWarning, run_lock
+
+    if kind == "file":
+        monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
 
     with (
         run_lock(tmp_path),
@@ -71,6 +76,11 @@ def test_lock_refuses_a_live_run_and_recovers_a_dead_ones(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     with pytest.warns(StoreWarning, match="stale lock"), run_lock(tmp_path) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(LegibilityError, match="locked by a run on host elsewhere"), run_lock(tmp_path):
+        pass
+    assert (tmp_path / ".lock").exists()  # another host's lock is left for its owner
 
 
 CONTENDER = """
