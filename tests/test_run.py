@@ -258,9 +258,7 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
     if "reversed-test" not in EXECUTORS:
         EXECUTORS.register("reversed-test")(reversed_executor)
     facts = load_jsonl_facts(_facts_file(tmp_path / "f.jsonl", 4))
-    settings = RunSettings(
-        known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(controls=1)
-    )
+    settings = RunSettings(known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(controls=1))
     from legibility.attribution import AttributionConfig
 
     settings = dataclasses.replace(settings, attribution=AttributionConfig(steps=2))
@@ -270,7 +268,6 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         facts=facts,
         lm=tiny_lm("llama"),
         progress=False,
-        figures=False,
         shard=ShardConfig("reversed-test"),
     )
     assert len(calls) == 2

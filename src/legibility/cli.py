@@ -231,7 +231,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
-    p = sub.add_parser("metrics", help="list the scorecard's and the independent metrics with their definitions")
+    p = sub.add_parser(
+        "metrics", help="list the scorecard's and the independent metrics with their definitions"
+    )
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
     p.add_argument("--to", default=None, help="target folder (default: the cache)")
     return parser
@@ -286,6 +288,11 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
             "the model knows none of the selected facts; try other --relations, a larger --limit, "
             "or a looser --known-top-k/--known-share"
         )
+    from legibility.report.figures import draw_run_figures
+
+    draw_run_figures(
+        result.out_dir, result.neuron_records, result.scorecard["metrics"], result.n_layers, args.model
+    )
     _print_card(result.scorecard["metrics"])
     print(
         f"\nresults in {result.out_dir}/: neurons.jsonl, scorecard.json, layers.png"
@@ -446,7 +453,11 @@ def _report(path: Path, cards: int, baseline: str | None = None, hypotheses: str
         return write_report(path, baseline=baseline, plan=plan)
     from legibility.report.run_report import write_run_report
 
-    return write_run_report(path, cards)
+    if cards:
+        from legibility.editing.memory import write_run_cards
+
+        write_run_cards(path, cards)
+    return write_run_report(path)
 
 
 if __name__ == "__main__":

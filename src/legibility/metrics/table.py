@@ -2,7 +2,8 @@
 
 An entry says what a metric is called in tables and figures, which way is more interpretable, its exact
 definition and where it appears (its *views*). Scorecard metrics are registered by
-:mod:`legibility.metrics.scorecard` together with the function that computes them from a run's records;
+:mod:`legibility.metrics.scorecard` together with the function that computes them from a run's records
+(the package imports it, so the table is complete whenever this module is imported);
 the training lab's and probes' numbers (``val_loss``, ``fact_accuracy``, ...) are declared here, since they
 are computed elsewhere but shown and stored beside the scorecard. Independent metrics keep their own
 registry (:data:`legibility.metrics.spec.INDEPENDENT`) and appear under ``independent.<name>.<key>``.
@@ -85,27 +86,19 @@ def register_metric(
     return METRICS.register(name)(info)
 
 
-def _load() -> None:
-    """Import the modules that register metrics (they import this one, so not at the top)."""
-    import legibility.metrics.scorecard  # noqa: F401
-
-
 def names(view: View) -> tuple[str, ...]:
     """The metrics of one view, in registration order."""
-    _load()
     return tuple(name for name, info in METRICS.items() if view in info.views)
 
 
 def info(name: str) -> MetricInfo:
     """The entry of ``name`` (an unknown name: one line listing the known ones)."""
-    _load()
     return METRICS[name.split("@")[0]]
 
 
 def label(key: str) -> str:
     """Display name of a metric key (a per-relation ``name@P36`` keeps its suffix); keys outside the
     table (independent metrics) are shown as they are."""
-    _load()
     base, _, rel = key.partition("@")
     if base not in METRICS:
         return key
@@ -114,7 +107,6 @@ def label(key: str) -> str:
 
 def scorecard_metrics() -> list[tuple[str, MetricInfo]]:
     """(name, entry) of every metric the scorecard computes, in registration order."""
-    _load()
     return [(n, i) for n, i in METRICS.items() if i.compute is not None]
 
 
