@@ -14,8 +14,6 @@ from pathlib import Path
 from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
 
-# Cheap independent metrics computed by default (no extra attribution runs).
-DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
 # Commands whose parsers need no other package: parsing them imports nothing heavy.
 LIGHT_COMMANDS = {"neurons", "score", "sweep", "report", "results", "methods", "metrics", "download-pararel"}
 
@@ -169,9 +167,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics",
-        default=DEFAULT_METRICS,
-        help="independent metrics to add to the scorecard: comma-separated names, 'all' or 'none' "
-        "(default: %(default)s; see `legibility metrics`)",
+        default="default",
+        help="independent metrics to add to the scorecard: comma-separated names, 'default' (the cheap ones "
+        "marked so in `legibility metrics`), 'all' or 'none' (default: %(default)s)",
     )
     if not light:
         from legibility.training import command as train_command
@@ -323,12 +321,15 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 def _metric_names(args: argparse.Namespace) -> list[str]:
     """Parse and check --metrics before any expensive work."""
     from legibility.metrics.independent import INDEPENDENT
+    from legibility.metrics.spec import default_metrics
 
     raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if raw in ([], ["none"]):
         return []
     if raw == ["all"]:
         return INDEPENDENT.names()
+    if raw == ["default"]:
+        return default_metrics()
     for name in raw:
         INDEPENDENT[name]  # unknown name: LegibilityError listing the known ones
     return raw
@@ -406,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             print("Independent metrics (--metrics):\n")
             for name in INDEPENDENT:
                 spec = INDEPENDENT[name]
+                default = ", computed by default" if spec.default else ""
                 print(
-                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit})\n  {spec.definition}\n"
+                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit}{default})\n"
+                    f"  {spec.definition}\n"
                 )
             return 0
         if args.command == "methods":

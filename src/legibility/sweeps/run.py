@@ -59,6 +59,7 @@ def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None 
 def _independent(trial_dir: Path, facts: list, device: str | None = None) -> dict:
     """The cheap independent metrics of a scored trial, so the report can check them against suppressability."""
     from legibility.metrics.independent import compute_metrics, context_from_run
+    from legibility.metrics.spec import default_metrics
     from legibility.models.loading import load_model
 
     score_dir = trial_dir / "score"
@@ -67,8 +68,7 @@ def _independent(trial_dir: Path, facts: list, device: str | None = None) -> dic
     lm = load_model(str(trial_dir / "train" / "model"), device=device)
     lm.add_special_tokens = False  # as score_model does for the trained word-level tokenizer
     ctx = context_from_run(score_dir, lm, facts)
-    names = ["concentration", "overlap", "sparsity", "polysemanticity"]
-    return {k: v.to_dict() for k, v in compute_metrics(names, ctx).items()}
+    return {k: v.to_dict() for k, v in compute_metrics(default_metrics(), ctx).items()}
 
 
 def _error(e: BaseException) -> str:
