@@ -3,7 +3,8 @@
 Only the sweep's parent process writes (workers return results), so the single-writer rule of DuckDB holds.
 Columns: trial_id, sweep, variant, seed, status (pending|running|done|failed), overrides/config/train/metrics
 (JSON), started/finished (UTC), train_s/score_s (seconds), error. A view ``trials_flat`` adds the headline
-numbers as columns.
+numbers as columns. Fact metrics are on held-out facts (no objective saw them; ``data.fact_split``); the
+columns ending in ``_trained_facts`` are the same metrics on the facts the objectives trained on.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ CREATE OR REPLACE VIEW trials_flat AS SELECT
   CAST(json_extract(metrics, '$.suppressability.value') AS DOUBLE) AS suppressability,
   CAST(json_extract(metrics, '$.specific_suppressability.value') AS DOUBLE) AS specific_suppressability,
   CAST(json_extract(metrics, '$."suppression.own".value') AS DOUBLE) AS suppression_own,
-  CAST(json_extract(metrics, '$."neurons.per_fact".value') AS DOUBLE) AS neurons_per_fact
+  CAST(json_extract(metrics, '$."neurons.per_fact".value') AS DOUBLE) AS neurons_per_fact,
+  CAST(json_extract(train, '$."fact_accuracy.trained_facts"') AS DOUBLE) AS fact_accuracy_trained_facts,
+  CAST(json_extract(metrics, '$."suppressability.trained_facts".value') AS DOUBLE)
+    AS suppressability_trained_facts,
+  CAST(json_extract(metrics, '$."specific_suppressability.trained_facts".value') AS DOUBLE)
+    AS specific_suppressability_trained_facts
 FROM trials;
 """
 
