@@ -37,6 +37,9 @@ Direction = Literal["higher", "lower", "none"]  # which way is more interpretabl
 Source = Literal["scorecard", "train", "probe"]  # which record of a trial holds the value
 View = Literal["card", "trial", "summary", "agreement", "column", "checkpoint", "frontier"]
 VIEWS: tuple[View, ...] = ("card", "trial", "summary", "agreement", "column", "checkpoint", "frontier")
+# Suffix of a training run's metrics measured on the facts its objectives trained on (in-sample); the bare
+# name is measured on held-out facts that no objective saw.
+TRAINED_FACTS = ".trained_facts"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class MetricInfo:
     source: Source = "scorecard"
     compute: ScoreFn | None = None  # scorecard metrics: records -> estimate
     per_relation: bool = False  # the scorecard also holds it per relation, as ``name@P36``
+    # measured on facts: a training run has it for its held-out facts (the name) and, in-sample, for the
+    # facts its objectives saw (the name + TRAINED_FACTS)
+    fact_groups: bool = True
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
@@ -75,6 +81,7 @@ def register_metric(
     source: Source = "scorecard",
     per_relation: bool = False,
     compute: ScoreFn | None = None,
+    fact_groups: bool = True,
 ) -> MetricInfo:
     """Add a metric to the table (a duplicate name is an error)."""
     unknown = set(views) - set(VIEWS)
@@ -115,8 +122,8 @@ register_metric(
     "fact_accuracy",
     label="fact top-1",
     direction="none",
-    definition="""Share of the synthetic world's fact prompts whose object is the model's top-1 prediction
-    (training lab; held-out paraphrases where the world has them).""",
+    definition="""Share of fact prompts whose object is the model's top-1 prediction, on held-out templates
+    (training lab), for the held-out facts (and, + .trained_facts, for the objectives' facts).""",
     views=("trial", "summary", "agreement", "column", "checkpoint"),
     source="train",
 )
@@ -127,6 +134,7 @@ register_metric(
     definition="Mean next-token cross-entropy (nats) on the training corpus's validation windows.",
     views=("summary", "agreement", "column"),
     source="train",
+    fact_groups=False,
 )
 register_metric(
     "text_val_loss",
@@ -136,6 +144,7 @@ register_metric(
     variant measured where its fact objectives do not act).""",
     views=("summary", "column"),
     source="train",
+    fact_groups=False,
 )
 register_metric(
     "probe.relation",
