@@ -100,7 +100,8 @@ def test_paired_costs_verdicts_and_width():
     assert "SoLU" not in hyp  # a hypothesis whose variant did not run is left out, not guessed
     assert hyp["dropout"]["p_holm"] >= hyp["dropout"]["p"]
     md = study_markdown(study)
-    assert "**dropout** (dropout is bad for interpretability): held." in md and "Holm-adjusted" in md
+    assert "**dropout** (dropout (on the FFN neurons) is bad for interpretability): held." in md
+    assert "Holm-adjusted" in md
     assert "Goal" in md and "not reached" in md
     assert "| dropout - none | specific_suppressability | -0.100 [-0.100, -0.100] |" in md
     assert "| dropout | 64, 128, 512 | -0.100 [-0.100, -0.100] |" in md

@@ -320,8 +320,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def _metric_names(args: argparse.Namespace) -> list[str]:
     """Parse and check --metrics before any expensive work."""
-    from legibility.metrics.independent import INDEPENDENT
-    from legibility.metrics.spec import default_metrics
+    from legibility.metrics.independent import INDEPENDENT, default_metrics
 
     raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if raw in ([], ["none"]):

@@ -29,7 +29,7 @@ from legibility.attribution import AttributionConfig
 from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
-from legibility.metrics.spec import default_metrics
+from legibility.metrics.independent import default_metrics
 from legibility.metrics.table import TRAINED_FACTS, info, names
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
