@@ -230,10 +230,12 @@ def test_settings_round_trip_through_the_run_key():
         effects=EffectConfig(n_same=1, seed=4),
         metrics=("sparsity",),
         seed=4,
+        dtype="bfloat16",
     )
-    key = json.loads(json.dumps(run_key(s, "f", "w")))  # as read back from run.json
+    model = {"weights_sha256": "w", "config_sha256": "c", "tokenizer_sha256": "t"}
+    key = json.loads(json.dumps(run_key(s, "f", model)))  # as read back from run.json
     assert settings_from_key(key) == s
-    assert settings_from_key(run_key(RunSettings(effects=None), "f", "w")).effects is None
+    assert settings_from_key(run_key(RunSettings(effects=None), "f", model)).effects is None
 
 
 def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_order(tmp_path):

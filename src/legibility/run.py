@@ -3,7 +3,7 @@
 Every front end (the CLI's ``neurons``/``score``, the training lab's scoring, sweeps) calls :func:`run`.
 A run lives in one output directory and is keyed by everything that changes its result: the settings
 (:class:`RunSettings`), the content hash of the facts (the user's file, or the PARAREL files read) and the
-content hash of the model weights. Rerunning with the same key resumes (finished facts are not recomputed)
+content hashes of the model's weights, config and tokenizer (:mod:`legibility.models.identity`). Rerunning with the same key resumes (finished facts are not recomputed)
 and gives the same files, bit for bit, as an uninterrupted run; a different key is refused naming the keys
 that differ, or, with ``force=True``, recomputed from scratch.
 
@@ -19,7 +19,6 @@ the model themselves (``shard=ShardConfig("ray", ...)``); other executors plug i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -31,9 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legibility.errors import LegibilityError
+from legibility.models.identity import identity, identity_of, model_ref, sha256_file
 from legibility.sharding import ModelSpec, ShardConfig
 from legibility.store import (
     atomic_write_json,
+    check_files,
     check_writable,
     is_disk_error,
     run_lock,
@@ -170,14 +171,6 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_inputs(source: FactSource) -> Inputs:
     """Read and check the facts of ``source``, with the content hashes of the files read."""
     if source.facts_file:
@@ -261,56 +254,6 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return True
 
 
-def weights_digest(lm: LoadedModel) -> str:
-    """sha256 of the model weights: of its safetensors files when it was loaded from a directory (cached,
-    so it is cheap for the embedded model), else of its state dict."""
-    files_hash = weights_digest_of(lm.name)
-    if files_hash is not None:
-        return files_hash
-    h = hashlib.sha256()
-    for name, t in sorted(lm.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    return h.hexdigest()
-
-
-def weights_digest_of(model: str) -> str | None:
-    """sha256 over the safetensors files of an embedded name or a local directory, without loading the
-    model (None for anything else, e.g. a hub id). File hashes are cached by path, size and mtime."""
-    from legibility.models.embedded import EMBEDDED, cache_dir
-
-    directory = cache_dir() / "models" / model if model in EMBEDDED else Path(model).expanduser()
-    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
-    if not files:
-        return None
-    cache_path = cache_dir() / "weight-hashes.json"
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    h = hashlib.sha256()
-    changed = False
-    for f in files:
-        st = f.stat()
-        stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if stamp not in cache:
-            cache[stamp] = sha256_file(f)
-            changed = True
-        h.update(f.name.encode())
-        h.update(cache[stamp].encode())
-    if changed:
-        with contextlib.suppress(OSError):  # the cache only saves time
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(cache_path, cache)
-    return h.hexdigest()
-
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
-
-
 def context_length(lm: LoadedModel) -> int | None:
     """The longest sequence the model accepts (None when its config does not say)."""
     cfg = lm.model.config
@@ -371,13 +314,20 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_key(settings: RunSettings, facts_hash: str, weights_hash: str) -> dict:
-    """The flat run key: every setting plus the content hashes of facts and weights."""
+# 2: the model's config and tokenizer files are keyed beside its weights, and a local model path is
+# resolved (version 1 keyed the weights only, under the path as given)
+KEY_VERSION = 2
+
+
+def run_key(settings: RunSettings, facts_hash: str, model: Mapping[str, str]) -> dict:
+    """The flat run key: every setting (the model path resolved) plus the content hashes of the facts and
+    of the model's weights, config and tokenizer (:func:`legibility.models.identity.identity`)."""
     return {
         **_flat(asdict(settings)),
-        "version": 1,
+        "model": model_ref(settings.model),
+        "version": KEY_VERSION,
         "facts_sha256": facts_hash,
-        "weights_sha256": weights_hash,
+        **model,
     }
 
 
@@ -419,6 +369,7 @@ def run(
     """
     settings.validate()
     out = check_writable(out_dir)
+    check_files(out, ("run.json", *RESULT_FILES))
     if (facts is None) == (source is None):
         raise LegibilityError("give the facts either as source= (a file or PARAREL) or as facts=")
     if isinstance(source, Inputs):
@@ -430,9 +381,9 @@ def run(
     facts_hash = facts_digest(inputs if source is not None else inputs.facts)
     if lm is None:
         check_model_name(settings.model)
-        weights = weights_digest_of(settings.model)
-        if weights is not None:  # refuse a changed key before spending time on loading the model
-            _check_key(out, run_key(settings, facts_hash, weights), force)
+        known = identity_of(settings.model)
+        if known is not None:  # refuse a changed key before spending time on loading the model
+            _check_key(out, run_key(settings, facts_hash, known), force)
         _register_activations()
         if not progress:
             from transformers.utils import logging as hf_logging
@@ -445,7 +396,7 @@ def run(
         settings = dataclasses.replace(settings, dtype=lm.precision)
     if inputs.user_file:
         check_user_facts(lm, inputs.facts, settings.multi_token)
-    key = run_key(settings, facts_hash, weights_digest(lm))
+    key = run_key(settings, facts_hash, identity(lm))
     _check_key(out, key, force)
     try:
         with run_lock(out):
@@ -470,6 +421,15 @@ def _check_key(out: Path, key: dict, force: bool) -> None:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over") from None
+    if not isinstance(old, dict):
+        raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over")
+    if old.get("version") != key["version"]:
+        raise LegibilityError(
+            f"{out} holds a run made by another version of legibility (run key version "
+            f"{old.get('version', '(none)')}, now {key['version']}: the key now covers the model's config and "
+            "tokenizer files and the resolved model path, which that run did not record); rerun with --force "
+            "to recompute it, or use another --out"
+        )
     diff = key_diff(old, key)
     if diff:
         raise LegibilityError(
@@ -622,6 +582,7 @@ def settings_from_key(key: Mapping[str, Any]) -> RunSettings:
         metrics=tuple(key.get("metrics", ())),
         multi_token=bool(key.get("multi_token", False)),
         seed=int(key.get("seed", 0)),
+        dtype=str(key.get("dtype", "float32")),
     )
 
 
