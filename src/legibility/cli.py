@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from legibility.arguments import number
 from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
+from legibility.run import MAX_CONTROLS, MAX_STEPS
 
 # Cheap independent metrics computed by default (no extra attribution runs).
 DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
@@ -27,46 +28,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(
-    kind: type,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` within [low, high] (or the open ends asked for)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-            ) from None
-        lo_ok = low is None or (value > low if open_low else value >= low)
-        hi_ok = high is None or (value < high if open_high else value <= high)
-        if not (lo_ok and hi_ok):
-            lo = "" if low is None else ("(" if open_low else "[") + f"{low}"
-            hi = "" if high is None else f"{high}" + (")" if open_high else "]")
-            where = (
-                f"in {lo}, {hi}"
-                if low is not None and high is not None
-                else (
-                    f"{'>' if open_low else '>='} {low}"
-                    if low is not None
-                    else f"{'<' if open_high else '<='} {high}"
-                )
-            )
-            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE = _number(int, 1)
-NON_NEGATIVE = _number(int, 0)
+_number = number
+POSITIVE = number(int, 1)
+NON_NEGATIVE = number(int, 0)
+# Upper bounds of the numbers that size memory or work: a typo (an extra zero or three) is refused at parse
+# time instead of being allocated. Generous for real use; see docs/reliability.md.
+MAX_WORKERS = 1024
+SEED = number(int, 0, 2**32 - 1)
 
 
 def _fact_args(p: argparse.ArgumentParser) -> None:
@@ -84,7 +52,9 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relations", default=None, help="comma-separated PARAREL relations, e.g. P36,P103 (default: all)"
     )
-    p.add_argument("--limit", type=POSITIVE, default=None, help="at most this many known facts per relation")
+    p.add_argument(
+        "--limit", type=number(int, 1, 10**6), default=None, help="at most this many known facts per relation"
+    )
     p.add_argument("--facts", default=None, help="JSONL file of your own facts instead of PARAREL")
     p.add_argument(
         "--data-dir",
@@ -96,7 +66,10 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--method", default="ig", help="attribution method (default: %(default)s; see `legibility methods`)"
     )
     p.add_argument(
-        "--steps", type=POSITIVE, default=20, help="integrated-gradients steps m (default: %(default)s)"
+        "--steps",
+        type=number(int, 1, MAX_STEPS),
+        default=20,
+        help=f"integrated-gradients steps m, 1 to {MAX_STEPS} (default: %(default)s)",
     )
     p.add_argument(
         "--threshold",
@@ -113,13 +86,16 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive", action="store_true", help="adapt p per fact to keep 2-5 neurons")
     p.add_argument(
         "--min-prompts",
-        type=POSITIVE,
+        type=number(int, 1, 1000),
         default=2,
         help="minimum usable prompts per fact (default: %(default)s)",
     )
     p.add_argument("--multi-token", action="store_true", help="allow multi-token targets (gold continuation)")
     p.add_argument(
-        "--known-top-k", type=POSITIVE, default=1, help="a fact is known if its target is in the top k ..."
+        "--known-top-k",
+        type=number(int, 1, 10**7),
+        default=1,
+        help="a fact is known if its target is in the top k ...",
     )
     p.add_argument(
         "--known-share",
@@ -127,7 +103,7 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         default=0.5,
         help="... for at least this share of its prompts",
     )
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--force",
@@ -138,7 +114,10 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')"
     )
     p.add_argument(
-        "--workers", type=POSITIVE, default=None, help="Ray workers (default: one per GPU, else per CPU)"
+        "--workers",
+        type=number(int, 1, MAX_WORKERS),
+        default=None,
+        help="Ray workers (default: one per GPU, else per CPU)",
     )
     add_device_args(p)
 
@@ -154,11 +133,14 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     _fact_args(p)
     p.add_argument(
-        "--n-same", type=NON_NEGATIVE, default=3, help="same-relation facts each fact's neurons are tested on"
+        "--n-same",
+        type=number(int, 0, MAX_CONTROLS),
+        default=3,
+        help="same-relation facts each fact's neurons are tested on",
     )
     p.add_argument(
         "--n-other",
-        type=NON_NEGATIVE,
+        type=number(int, 0, MAX_CONTROLS),
         default=3,
         help="other-relation facts each fact's neurons are tested on",
     )
@@ -186,7 +168,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="sweep directory; rerunning with the same one skips finished trials"
     )
-    p.add_argument("--workers", type=POSITIVE, default=None, help="local executor: parallel processes")
+    p.add_argument(
+        "--workers", type=number(int, 1, MAX_WORKERS), default=None, help="local executor: parallel processes"
+    )
     p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
     p.add_argument(
         "--device",
@@ -210,7 +194,10 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "(default: 'none' when the sweep has it)",
     )
     p.add_argument(
-        "--cards", type=NON_NEGATIVE, default=3, help="score directories: facts whose neurons get cards"
+        "--cards",
+        type=number(int, 0, 1000),
+        default=3,
+        help="score directories: facts whose neurons get cards",
     )
 
     p = sub.add_parser("results", help="query a sweep's results store with SQL (tables: trials, trials_flat)")
@@ -427,13 +414,42 @@ def _report(path: Path, cards: int, baseline: str | None = None) -> Path:
         raise LegibilityError(
             f"{path} is not a directory; give a `score`, `neurons` or `sweep` output folder"
         )
+    from legibility.store import run_lock
+
     if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
         from legibility.report.html import write_report
 
-        return write_report(path, baseline=baseline)
+        with run_lock(path):  # not while a sweep writes its store
+            return write_report(path, baseline=baseline)
+    probe = _probe_kind(path)
+    if probe is not None:
+        from legibility.report.probes import write_probe_report
+
+        if not (path / "results.json").exists():
+            raise LegibilityError(
+                f"{path} holds an unfinished {probe} probe run (no results.json yet); rerun its probe command "
+                "to finish it"
+            )
+        with run_lock(path):
+            return write_probe_report(path)
     from legibility.report.run_report import write_run_report
 
-    return write_run_report(path, cards)
+    with run_lock(path):  # not while a run writes its files
+        return write_run_report(path, cards)
+
+
+def _probe_kind(path: Path) -> str | None:
+    """``concept``, ``truth`` or ``checkpoints`` when ``path`` is a probe command's folder, else None."""
+    import json
+
+    for name in ("run.json", "results.json"):
+        try:
+            kind = json.loads((path / name).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in ("concept", "truth", "checkpoints"):
+            return str(kind)
+    return None
 
 
 if __name__ == "__main__":

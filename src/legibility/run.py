@@ -60,6 +60,12 @@ RESULT_FILES = (
 )
 
 
+# Upper bounds of the settings that size memory or work (a typo is refused before anything is allocated).
+MAX_STEPS = 4096  # integrated-gradients steps (the paper uses 20)
+MAX_CONTROLS = 1000  # control facts per fact
+MAX_BATCH = 65536  # prompts or path points per forward pass
+
+
 @dataclass(frozen=True)
 class KnownConfig:
     """Which facts count as known by the model (only those are attributed)."""
@@ -108,8 +114,11 @@ class RunSettings:
         """Refuse out-of-range settings with one line each (before any work)."""
         a, n, k, e = self.attribution, self.neurons, self.known, self.effects
         checks = [
-            (a.steps >= 1, f"attribution steps must be >= 1, got {a.steps}"),
-            (a.batch_size >= 1, f"attribution batch size must be >= 1, got {a.batch_size}"),
+            (1 <= a.steps <= MAX_STEPS, f"attribution steps must be in [1, {MAX_STEPS}], got {a.steps}"),
+            (
+                1 <= a.batch_size <= MAX_BATCH,
+                f"attribution batch size must be in [1, {MAX_BATCH}], got {a.batch_size}",
+            ),
             (0.0 < n.threshold < 1.0, f"neuron threshold must be in (0, 1), got {n.threshold}"),
             (0.0 <= n.share < 1.0, f"refining share must be in [0, 1), got {n.share}"),
             (n.min_prompts >= 1, f"min prompts must be >= 1, got {n.min_prompts}"),
@@ -120,10 +129,13 @@ class RunSettings:
         ]
         if e is not None:
             checks += [
-                (e.n_same >= 0, f"n_same must be >= 0, got {e.n_same}"),
-                (e.n_other >= 0, f"n_other must be >= 0, got {e.n_other}"),
+                (0 <= e.n_same <= MAX_CONTROLS, f"n_same must be in [0, {MAX_CONTROLS}], got {e.n_same}"),
+                (0 <= e.n_other <= MAX_CONTROLS, f"n_other must be in [0, {MAX_CONTROLS}], got {e.n_other}"),
                 (e.control_prompts >= 1, f"control prompts must be >= 1, got {e.control_prompts}"),
-                (e.batch_size >= 1, f"effect batch size must be >= 1, got {e.batch_size}"),
+                (
+                    1 <= e.batch_size <= MAX_BATCH,
+                    f"effect batch size must be in [1, {MAX_BATCH}], got {e.batch_size}",
+                ),
             ]
         for ok, message in checks:
             if not ok:

@@ -162,8 +162,10 @@ def _check_score(score: Any) -> dict:
     from legibility.training.experiment import ScoreConfig
 
     sc = from_dict(ScoreConfig, score, "score")
-    check_range("score.facts", sc.facts, 1, None)
-    check_range("score.ig_steps", sc.ig_steps, 1, None)
+    from legibility.run import MAX_STEPS
+
+    check_range("score.facts", sc.facts, 1, 1_000_000, True, True)
+    check_range("score.ig_steps", sc.ig_steps, 1, MAX_STEPS, True, True)
     check_range("score.threshold", sc.threshold, 0.0, 1.0, False, False)
     check_range("score.share", sc.share, 0.0, 1.0, False, True)
     return dataclasses.asdict(sc)
