@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from legibility.arguments import number
@@ -331,6 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)
     except SystemExit as e:  # argument errors (one line) and --help
         return e.code if isinstance(e.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each, like the errors
+        return _dispatch(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command in ("neurons", "score"):
             return run_job(args, score=args.command == "score")

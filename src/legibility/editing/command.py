@@ -172,6 +172,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
         _parse_neuron(args.neuron)
     if args.editing_command == "edit":
         _fact_parts(args.fact)
+    relations = [getattr(args, "relation", None) or ""]
+    for flag in ("other", "relations"):
+        relations += (getattr(args, flag, None) or "").split(",")
+    if args.editing_command != "edit" and any(r.strip() for r in relations):
+        from legibility.facts.pararel import pararel_relations
+
+        available = pararel_relations(args.data_dir)
+        unknown = sorted({r.strip() for r in relations if r.strip()} - set(available))
+        if unknown:
+            raise LegibilityError(
+                f"unknown relation(s) {', '.join(unknown)}; PARAREL has: {', '.join(available)}"
+            )
 
 
 def _save(lm, copy, target: str, what: str) -> None:

@@ -155,4 +155,4 @@ def _load_from(name: str, dtype: torch.dtype, device: torch.device):
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    return (text[0].rstrip(".") if text else type(e).__name__)[:300]

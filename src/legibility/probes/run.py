@@ -63,8 +63,9 @@ def data_key(cfg_source: str, relations: Sequence[str]) -> dict:
     relations (a changed file is a changed run)."""
     if cfg_source != "pararel":
         if not Path(cfg_source).is_file():
+            what = "is a folder" if Path(cfg_source).is_dir() else "no such file"
             raise LegibilityError(
-                f"--data {cfg_source}: no such file; give 'pararel' or a JSONL file of {{text, label}} lines"
+                f"--data {cfg_source}: {what}; give 'pararel' or a JSONL file of {{text, label}} lines"
             )
         return {"source_hash": sha256_file(cfg_source)}
     root, files = pararel_files(None, list(relations))

@@ -437,11 +437,18 @@ def repair_metrics(path: Path, step: int) -> None:
 
 
 def _load_tokenizer(path: Path):
+    """The run's saved tokenizer, built the way :func:`train_tokenizer` builds a fresh one, so that a resumed
+    run exports the same tokenizer files, byte for byte, as an uninterrupted one (``from_pretrained`` would
+    add loading details such as ``is_local`` to tokenizer_config.json, which changes the model's identity)."""
     if not (path / "tokenizer.json").exists():
         return None
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    from legibility.training.corpus import EOS, PAD, UNK
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, eos_token=EOS)
 
 
 def train(
