@@ -5,7 +5,9 @@ The bad-input cases of the issue are pinned here one by one; ``bench/bad_inputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -234,3 +236,341 @@ def test_a_sweep_holds_its_folders_lock(tmp_path):
     with run_lock(out), pytest.raises(LegibilityError, match="in use by another run"):
         run_sweep(load_sweep(_sweep(tmp_path)), out, progress=False)
     assert not (out / "results.duckdb").exists()
+
+
+# --------------------------------------------------------------------------------------------- score / models
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from helpers import tiny_lm
+
+    path = tmp_path_factory.mktemp("tiny-llama-reliability")
+    lm = tiny_lm("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def _neurons_args(model: Path, facts: Path, out: Path) -> list[str]:
+    from test_cli import LOOSE
+
+    return [
+        "neurons",
+        "--model",
+        str(model),
+        "--facts",
+        str(facts),
+        "--steps",
+        "2",
+        *LOOSE,
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_score_out_under_proc_is_a_one_line_error(tmp_path, capsys, model_dir):
+    from test_cli import _facts_file
+
+    facts = _facts_file(tmp_path / "f.jsonl", 2)
+    assert main(_neurons_args(model_dir, facts, Path("/proc/x"))) == 2
+    _one_line_error(capsys, "/proc/x cannot be created")
+
+
+@pytest.mark.parametrize("name", ["effects.jsonl", "scorecard.json", "run.json"])
+def test_an_out_holding_a_result_file_as_a_folder_is_refused_before_work(tmp_path, capsys, model_dir, name):
+    from test_cli import _facts_file
+
+    facts = _facts_file(tmp_path / "f.jsonl", 2)
+    out = tmp_path / "o"
+    (out / name).mkdir(parents=True)
+    assert main(["score", *_neurons_args(model_dir, facts, out)[1:], "--metrics", "none"]) == 2
+    _one_line_error(capsys, f"{name} is not a file")
+    assert sorted(p.name for p in out.iterdir()) == [name]  # nothing else written
+
+
+def test_a_truncated_weight_file_is_a_one_line_error(tmp_path, capsys, model_dir):
+    import shutil
+
+    from test_cli import _facts_file
+
+    model = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    with open(model / "model.safetensors", "r+b") as f:
+        f.truncate(5000)
+    facts = _facts_file(tmp_path / "f.jsonl", 2)
+    assert main(_neurons_args(model, facts, tmp_path / "o")) == 2
+    _one_line_error(capsys, "could not load the weights", "copy or download the model again")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("head", [b"GGUF\x03\x00\x00\x00" + b"\x00" * 2040, b"GGUF\x03\x00\x00\x00\x05"])
+def test_a_gguf_cut_short_is_a_one_line_error(tmp_path, capsys, head):
+    from test_cli import _facts_file
+
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(head)
+    facts = _facts_file(tmp_path / "f.jsonl", 2)
+    assert main(_neurons_args(gguf, facts, tmp_path / "o")) == 2
+    _one_line_error(capsys, "is not a readable GGUF file")
+
+
+def test_a_killed_gguf_conversion_leaves_nothing_behind_for_long(tmp_path):
+    from legibility.models.gguf import convert_once
+
+    target = tmp_path / "models" / "x"
+    target.parent.mkdir(parents=True)
+    stale = target.parent / ".x-abc123"  # what mkdtemp made before the kill
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1000)
+
+    def convert(tmp: Path) -> None:
+        (tmp / "config.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(b"w")
+
+    assert convert_once(target, convert) == target
+    assert not stale.exists() and (target / "model.safetensors").read_bytes() == b"w"
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".x-")] == []
+
+
+# --------------------------------------------------------------------------------------------- probes
+
+
+def _probe_data(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": lab, "group": g}) + "\n" for t, lab, g in rows))
+    return path
+
+
+GOOD_ROWS = [
+    (f"{w} the capital of {s} is", lab, s)
+    for s, lab in [("germany", "a"), ("france", "b"), ("italy", "a"), ("spain", "b")]
+    for w in ("so", "and")
+]
+
+
+def test_probe_data_missing_is_a_one_line_error(tmp_path, capsys, model_dir):
+    argv = [
+        "probe",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(tmp_path / "nope.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    _one_line_error(capsys, "nope.jsonl: no such file")
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--templates", "0"], "--templates: must be in [1, 100], got 0"),
+        (["--scales", "abc"], "--scales: 'abc' is not a number"),
+        (["--shots", "-1"], "--shots: must be in [0, 64], got -1"),
+        (["--ccs-restarts", "0"], "--ccs-restarts: must be in [1, 1000], got 0"),
+        (["--dtype", "float8"], "--dtype: invalid choice"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_probe_truth_arguments_are_checked_at_parse_time(tmp_path, capsys, extra, message):
+    assert main(["probe-truth", "--out", str(tmp_path / "o"), *extra]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_probe_texts_longer_than_the_context_are_refused_quickly(tmp_path, capsys, model_dir):
+    rows = [("the capital " * 90_000, "a", "g0"), *GOOD_ROWS]  # a 1 MB text; the tiny model's context is 64
+    data = _probe_data(tmp_path / "d.jsonl", rows)
+    t0 = time.perf_counter()
+    argv = [
+        "probe",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--folds",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    _one_line_error(capsys, "text 1 is more than", "model's context of 64")
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--folds", "1"], "--folds: must be in [2, 100], got 1"),
+        (["--data", "TWO"], "2 group(s) of examples cannot be split into 3 folds"),
+        (["--data", "ONE", "--folds", "2"], "1 group(s) of examples cannot be split into 2 folds"),
+    ],
+)
+def test_probe_cross_validation_that_cannot_be_done_is_refused(tmp_path, capsys, model_dir, argv, message):
+    two = _probe_data(tmp_path / "two.jsonl", [("the city", "a", "x"), ("a country", "b", "y")])
+    one = _probe_data(tmp_path / "one.jsonl", [("the city", "a", "x"), ("a country", "b", "x")])
+    argv = [{"TWO": str(two), "ONE": str(one)}.get(a, a) for a in argv]
+    base = ["probe", "--model", str(model_dir), "--data", str(two), "--out", str(tmp_path / "o")]
+    assert main([*base, *argv]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_a_label_in_one_group_only_warns_in_one_line(tmp_path, capsys, model_dir):
+    rows = [("the city", "a", "a"), ("a city", "a", "a"), ("the country", "b", "b"), ("a country", "b", "b")]
+    data = _probe_data(tmp_path / "d.jsonl", rows)
+    argv = [
+        "probe",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--folds",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warns = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warns) == 1 and "occur in one group only" in warns[0]
+
+
+def test_probe_runs_are_keyed_by_model_identity_and_dtype_and_locked(tmp_path, capsys, model_dir):
+    import shutil
+
+    from legibility.models.identity import identity_of
+
+    model = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    data = _probe_data(tmp_path / "d.jsonl", GOOD_ROWS)
+    out = tmp_path / "o"
+    argv = ["probe", "--model", str(model), "--data", str(data), "--folds", "2", "--out", str(out)]
+    assert main(argv) == 0
+    key = json.loads((out / "run.json").read_text())
+    assert key["model"] == str(model.resolve()) and key["dtype"] == "float32"
+    assert key["tokenizer_sha256"] == identity_of(str(model))["tokenizer_sha256"]
+    assert "source_hash" in key
+    capsys.readouterr()
+    assert main([*argv, "--dtype", "bfloat16"]) == 2
+    _one_line_error(capsys, "other settings", "dtype: 'float32' -> 'bfloat16'")
+    tok = json.loads((model / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["paris"], vocab["berlin"] = vocab["berlin"], vocab["paris"]
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    assert main(argv) == 2
+    _one_line_error(capsys, "tokenizer_sha256")
+    with run_lock(tmp_path / "busy"):
+        assert main([*argv[:-1], str(tmp_path / "busy")]) == 2
+    _one_line_error(capsys, "in use by another run")
+
+
+def test_report_on_a_probe_folder_is_its_probe_report(tmp_path, capsys, model_dir):
+    data = _probe_data(tmp_path / "d.jsonl", GOOD_ROWS)
+    out = tmp_path / "o"
+    argv = ["probe", "--model", str(model_dir), "--data", str(data), "--folds", "2", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "legibility probes: concept" in (out / "report.html").read_text()
+    (out / "results.json").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    _one_line_error(capsys, "unfinished concept probe run")
+
+
+# --------------------------------------------------------------------------------------------- interop
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, model_dir):
+    from test_cli import _facts_file
+
+    d = tmp_path_factory.mktemp("finished")
+    facts = _facts_file(d / "f.jsonl", 2)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(_neurons_args(model_dir, facts, d / "run")) == 0
+    return d / "run"
+
+
+def test_export_neurons_to_a_bad_place_is_refused_and_leaves_no_temp_file(tmp_path, capsys, finished_run):
+    (tmp_path / "file").write_text("x")
+    assert main(["export-neurons", str(finished_run), "--to", str(tmp_path / "file" / "x.json")]) == 2
+    _one_line_error(capsys, "is a file; give a directory")
+    target = tmp_path / "adir"
+    target.mkdir()
+    assert main(["export-neurons", str(finished_run), "--to", str(target)]) == 2
+    _one_line_error(capsys, "is a directory; give a file name")
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert main(["export-neurons", str(finished_run), "--to", str(tmp_path / "n.json")]) == 0
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_export_neurons_of_a_run_still_writing_is_refused(tmp_path, capsys, finished_run):
+    with run_lock(finished_run):
+        assert main(["export-neurons", str(finished_run), "--to", str(tmp_path / "n.json")]) == 2
+    _one_line_error(capsys, "still writing it")
+    assert not (tmp_path / "n.json").exists()
+
+
+@pytest.mark.parametrize(
+    "neurons,results,extra,message",
+    [
+        (None, None, [], "does not exist"),
+        ("not json", None, [], "is not valid JSON"),
+        ('{"u1": [[1, 2], [3', None, [], "is not valid JSON"),
+        ("[[1, 2]]", None, [], "is not an EleutherAI neurons file"),
+        ('{"u1": [[1, 2]]}', "{oops", [], "bert_pararel_results_0.json is not valid JSON"),
+        ('{"u1": [[1, 2]]}', '{"u1": 3}', [], "is not EleutherAI's results file"),
+        ('{"u1": [[1, 2]]}', None, ["--results", "OURS"], "is not EleutherAI's results file"),
+        ('{"u1": [[1, 2]]}', None, ["--to", "UNDER_FILE"], "is a file; give a directory"),
+    ],
+)
+def test_import_neurons_bad_files_are_one_line_errors(tmp_path, capsys, neurons, results, extra, message):
+    src = tmp_path / "bert_pararel_neurons_0.json"
+    if neurons is not None:
+        src.write_text(neurons)
+    if results is not None:
+        (tmp_path / "bert_pararel_results_0.json").write_text(results)
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"format": "legibility.knowledge-neurons", "version": 1, "facts": []}))
+    (tmp_path / "file").write_text("x")
+    swap = {"OURS": str(ours), "UNDER_FILE": str(tmp_path / "file" / "x.json")}
+    extra = [swap.get(a, a) for a in extra]
+    argv = ["import-neurons", str(src), "--to", str(tmp_path / "out.json"), *extra]
+    assert main(argv) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_compare_neurons_bad_sibling_and_json_targets(tmp_path, capsys, finished_run):
+    a = tmp_path / "bert_pararel_neurons_0.json"
+    a.write_text('{"u1": [[1, 2]]}')
+    (tmp_path / "bert_pararel_results_0.json").write_text("{oops")
+    assert main(["compare-neurons", str(a), str(finished_run)]) == 2
+    _one_line_error(capsys, "results_0.json is not valid JSON")
+    (tmp_path / "bert_pararel_results_0.json").unlink()
+    made = tmp_path / "new" / "deeper" / "c.json"
+    assert main(["compare-neurons", str(a), str(finished_run), "--json", str(made)]) == 0
+    assert json.loads(made.read_text())["b"]["facts"] == 2
+
+
+@pytest.mark.slow
+def test_checkpoint_scores_are_keyed_by_each_checkpoints_weights(tmp_path):
+    """A checkpoint whose weights changed (a run trained again into the same folder) is scored again."""
+    import shutil
+
+    from legibility.models.identity import sha256_file
+    from legibility.probes.checkpoints import CheckpointScoring, score_checkpoints
+    from legibility.probes.concept import ProbeSettings
+    from legibility.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2), run, progress=False)
+    cfg = CheckpointScoring(probe=ProbeSettings(folds=2, max_iter=5), suppressability=False)
+    first = score_checkpoints(run, tmp_path / "o", cfg)
+    assert [r["step"] for r in first] == [2, 4]
+    ckpts = run / "checkpoints"
+    shutil.copy(ckpts / "step-000004" / "model.safetensors", ckpts / "step-000002" / "model.safetensors")
+    again = score_checkpoints(run, tmp_path / "o", cfg)
+    assert again[0]["weights_sha256"] == sha256_file(ckpts / "step-000004" / "model.safetensors")
+    assert again[0]["weights_sha256"] != first[0]["weights_sha256"] and again[1] == first[1]
+    assert again[0]["fact_accuracy"] == again[1]["fact_accuracy"]  # the same weights now
