@@ -106,7 +106,7 @@ def build_fixtures(w: Path) -> None:
         lm.tokenizer.save_pretrained(w / name)
     _facts(w / "facts.jsonl")
     run = ["--model", str(w / "m"), "--facts", str(w / "facts.jsonl"), "--steps", "2", *LOOSE]
-    score = [*run, "--metrics", "none", "--n-same", "1", "--n-other", "1"]
+    score = [*run, "--metrics", "none", "--controls", "1"]
     assert main(["score", *score, "--out", str(w / "score-good")]) == 0
     assert main(["neurons", *run, "--out", str(w / "neurons-good")]) == 0
     cfg = dataclasses.asdict(tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2))
@@ -236,6 +236,18 @@ def put(name: str, data: str | bytes):
     return damage
 
 
+def drop_key(*keys: str):
+    """run.json as a legibility older than the model identity wrote it (weights only)."""
+
+    def damage(d: Path) -> None:
+        key = json.loads((d / "run.json").read_text())
+        for k in keys:
+            key.pop(k, None)
+        (d / "run.json").write_text(json.dumps(key))
+
+    return damage
+
+
 def as_dir(name: str):
     def damage(d: Path) -> None:
         p = d / name
@@ -252,7 +264,7 @@ def scored_then_retokenized(w: Path, _stack: contextlib.ExitStack) -> None:
 
     shutil.copytree(w / "m", w / "m-retok")
     argv = ["score", "--model", str(w / "m-retok"), "--facts", str(w / "facts.jsonl"), "--steps", "2"]
-    argv += [*LOOSE, "--metrics", "none", "--n-same", "1", "--n-other", "1", "--out", str(w / "score-retok")]
+    argv += [*LOOSE, "--metrics", "none", "--controls", "1", "--out", str(w / "score-retok")]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 0
     tok = json.loads((w / "m-retok/tokenizer.json").read_text())
@@ -279,7 +291,7 @@ def cases(w: Path) -> list[Case]:
     m, g, facts = str(w / "m"), str(w / "g"), str(w / "facts.jsonl")
     out = str(w / "o")
     run = ["--model", m, "--facts", facts, "--steps", "2", *LOOSE]
-    sc = ["score", *run, "--metrics", "none", "--n-same", "1", "--n-other", "1"]
+    sc = ["score", *run, "--metrics", "none", "--controls", "1"]
     ne = ["neurons", *run]
     tr = ["train", str(w / "train.yaml")]
     pr = ["probe", "--model", m, "--data", str(w / "probe.jsonl"), "--folds", "2"]
@@ -303,7 +315,12 @@ def cases(w: Path) -> list[Case]:
     }.items():
         for v in values:
             add(f"neurons {flag} {v}", [*ne, "--out", out, flag, v])
-    for flag, v in (("--n-same", "-1"), ("--n-same", "1000000"), ("--n-other", "1000000")):
+    for flag, v in (
+        ("--controls", "-1"),
+        ("--controls", "1000000"),
+        ("--holdout", "1"),
+        ("--holdout", "-0.1"),
+    ):
         add(f"score {flag} {v}", [*sc, "--out", out, flag, v])
     add("score --metrics nope", [*sc, "--out", out, "--metrics", "nope"])
     add("score --metrics all,nope", [*sc, "--out", out, "--metrics", "sparsity,nope"])
@@ -488,9 +505,9 @@ def cases(w: Path) -> list[Case]:
         guard=("s-foreign",),
     )
     add(
-        "score on a run made by the version-1 key",
+        "score on a run whose key lacks config and tokenizer",
         [*sc, "--out", str(w / "s-v1")],
-        setup=copy_of("score-good", "s-v1", replace_text("run.json", '"version": 2', '"version": 1')),
+        setup=copy_of("score-good", "s-v1", drop_key("tokenizer_sha256", "config_sha256")),
         guard=("s-v1",),
     )
     add(

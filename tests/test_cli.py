@@ -97,7 +97,9 @@ def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
         (["--model", "/nonexistent/model"], "does not exist"),
         (["--method", "nope"], "unknown attribution method 'nope'"),
         (["--limit", "0"], "argument --limit: must be in [1, 1000000], got 0"),
-        (["--n-same", "-5"], "argument --n-same: must be in [0, 1000], got -5"),
+        (["--controls", "-5"], "argument --controls: must be in [0, 1000], got -5"),
+        (["--controls", "1000000"], "argument --controls: must be in [0, 1000], got 1000000"),
+        (["--holdout", "1"], "argument --holdout: must be in [0.0, 1.0), got 1"),
         (["--steps", "1000000000"], "argument --steps: must be in [1, 4096], got 1000000000"),
         (["--steps", "nan"], "argument --steps: 'nan' is not an integer"),
         (["--known-share", "nan"], "argument --known-share: 'nan' is not a number"),
@@ -112,7 +114,7 @@ def test_bad_inputs_exit_nonzero_with_one_clear_message(
     tmp_path, capsys, extra, message, pararel_dir, monkeypatch
 ):
     monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
-    command = "score" if "--n-same" in extra else "neurons"
+    command = "score" if "--controls" in extra else "neurons"
     code = main([command, "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err
     assert code == 2

@@ -103,7 +103,7 @@ def test_bad_sweep_configs_say_what_is_wrong(data, message):
             {"executor": {"name": "slurm"}},
             r"executor.name = 'slurm' is not allowed; choose one of local, ray",
         ),
-        ({"score": {"facts": -5}}, r"score.facts = -5 is out of range; allowed: >= 1"),
+        ({"score": {"facts": -5}}, r"score.facts = -5 is out of range; allowed: in \[1, 1000000\]"),
         ({"score": {"threshold": 1.5}}, r"score.threshold = 1.5 is out of range"),
         ({"score": {"ig_steps": "many"}}, r"score.ig_steps: expected an integer"),
         (
@@ -357,7 +357,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<b>not bold</b>" not in text and "failed" in text
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "agreement.png").stat().st_size > 0
-    assert (tmp_path / "frontier_specific.png").stat().st_size > 0
+    assert (tmp_path / "frontier_suppressability.png").stat().st_size > 0
     chromium = _chromium()
     dom = subprocess.run(
         [chromium, *HEADLESS, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
