@@ -1,6 +1,6 @@
 """Bad-input sweep: every command of the CLI on many kinds of bad input, each outcome counted.
 
-    PYTHONPATH=src .venv/bin/python bench/bad_inputs.py              # every case, into runs/bad-inputs
+    PYTHONPATH=src .venv/bin/python bench/bad_inputs.py --doc docs/reliability.md  # every case; the doc
     PYTHONPATH=src .venv/bin/python bench/bad_inputs.py -k probe     # the cases whose name holds "probe"
 
 The work folder is made fresh: tiny random models (tests/helpers.py), a facts file, and finished runs of
@@ -52,6 +52,7 @@ if not os.environ.get("LEGIBILITY_PARAREL"):
             os.environ["LEGIBILITY_PARAREL"] = str(c)
             break
 
+BEGIN, END = "<!-- bad-inputs: begin -->", "<!-- bad-inputs: end -->"  # where --doc writes
 GUARDED = (".json", ".jsonl", ".safetensors", ".duckdb")
 LOOSE = ["--known-top-k", "1000", "--known-share", "0.0", "--no-progress"]
 ERROR_LINE = re.compile(r"^(error:|legibility[\w -]*: error:)")
@@ -1113,7 +1114,7 @@ def run_case(case: Case, w: Path) -> dict:
     return rec
 
 
-def markdown(records: list[dict]) -> str:
+def markdown(records: list[dict], w: Path) -> str:
     counts = Counter(r["outcome"] for r in records)
     bad = [r for r in records if r["expect"] == "error"]
     legal = [r for r in records if r["expect"] != "error"]
@@ -1134,8 +1135,8 @@ def markdown(records: list[dict]) -> str:
     ]
     for r in records:
         msg = (r["error"] or (r["warnings"][0] if r["warnings"] else "")).replace("|", "\\|")
-        msg = re.sub(r"/tmp/\S*?bad-inputs[^/\s]*", "<w>", msg)
-        msg = msg.replace(str(Path.cwd()), ".")
+        msg = msg.replace(str(w), "<w>").replace(str(ROOT), ".")
+        msg = re.sub(r"\(pid \d+\)", "(pid N)", msg)
         flag = "" if r["as_expected"] else " **!**"
         lost = f" (lost: {', '.join(r['lost'])})" if r["lost"] else ""
         lines.append(f"| {r['name']} | {r['expect']} | {r['outcome']}{flag}{lost} | {msg[:160]} |")
@@ -1146,6 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/bad-inputs", help="work folder (deleted and made fresh)")
     ap.add_argument("-k", default="", help="only the cases whose name holds this")
+    ap.add_argument("--doc", default=None, help="also write the counts and cases into this markdown file")
     args = ap.parse_args(argv)
     import torch
     from tqdm.auto import tqdm
@@ -1167,8 +1169,13 @@ def main(argv: list[str] | None = None) -> int:
             records.append(rec)
             sink.write(json.dumps(rec) + "\n")
             sink.flush()
-    report = markdown(records)
+    report = markdown(records, w)
     (w / "report.md").write_text(report)
+    if args.doc:  # the counts and the case table between the markers of the doc
+        doc = Path(args.doc)
+        text = doc.read_text()
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        doc.write_text(text[:start] + "\n" + report + text[end:])
     print(report)  # noqa: T201
     for r in records:
         if not r["as_expected"] or r["lost"]:

@@ -574,3 +574,36 @@ def test_checkpoint_scores_are_keyed_by_each_checkpoints_weights(tmp_path):
     assert again[0]["weights_sha256"] == sha256_file(ckpts / "step-000004" / "model.safetensors")
     assert again[0]["weights_sha256"] != first[0]["weights_sha256"] and again[1] == first[1]
     assert again[0]["fact_accuracy"] == again[1]["fact_accuracy"]  # the same weights now
+
+
+def test_the_bad_input_sweep_tells_clean_errors_tracebacks_and_lost_data_apart(tmp_path, monkeypatch):
+    """bench/bad_inputs.py's classifier on cases whose outcome is known (no fixtures needed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "bench" / "bad_inputs.py")
+    bad = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bad_inputs", bad)  # dataclasses look their module up there
+    spec.loader.exec_module(bad)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.json").write_text("{}")
+
+    def boom(*_args):
+        raise ZeroDivisionError("a bug")
+
+    def loses(argv):
+        (tmp_path / "run" / "keep.json").write_text('{"changed": 1}')
+        return 0
+
+    clean = bad.run_case(bad.Case("c", ["neurons", "--steps", "0", "--out", str(tmp_path / "o")]), tmp_path)
+    accepted = bad.run_case(bad.Case("a", ["methods"], "ok"), tmp_path)
+    wrong = bad.run_case(bad.Case("w", ["methods"]), tmp_path)
+    assert (clean["outcome"], clean["as_expected"]) == ("clean", True)
+    assert (accepted["outcome"], accepted["as_expected"]) == ("accepted", True)
+    assert (wrong["outcome"], wrong["as_expected"]) == ("accepted", False)
+    monkeypatch.setattr("legibility.cli.main", boom)
+    tb = bad.run_case(bad.Case("t", ["methods"]), tmp_path)
+    assert tb["outcome"] == "traceback" and "ZeroDivisionError" in tb["error"]
+    monkeypatch.setattr("legibility.cli.main", loses)
+    lost = bad.run_case(bad.Case("l", ["x"], "ok", guard=("run",)), tmp_path)
+    assert lost["lost"] == ["run/keep.json"]
+    assert "| data lost | 1 |" in bad.markdown([clean, accepted, wrong, tb, lost], tmp_path)
