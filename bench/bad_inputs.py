@@ -637,11 +637,15 @@ def cases(w: Path) -> list[Case]:
         "grid key not a section": {"grid": {"train.lr.x": [1]}},
         "grid key a number": {"grid": {1: [1]}},
         "random a list": {"random": [1, 2]},
-        "random uniform [0.0]": {"random": {"n": 2, "space": {"model.dropout": {"uniform": [0.0]}}}},
+        "random uniform [0.0]": {"random": {"n": 2, "space": {"model.builtin_dropout": {"uniform": [0.0]}}}},
         "random log_uniform [-1, 1]": {"random": {"n": 2, "space": {"train.lr": {"log_uniform": [-1, 1]}}}},
-        "random uniform [1, 0]": {"random": {"n": 2, "space": {"model.dropout": {"uniform": [1.0, 0.0]}}}},
-        "random choice []": {"random": {"n": 2, "space": {"model.dropout": {"choice": []}}}},
-        "random unknown distribution": {"random": {"n": 2, "space": {"model.dropout": {"normal": [0, 1]}}}},
+        "random uniform [1, 0]": {
+            "random": {"n": 2, "space": {"model.builtin_dropout": {"uniform": [1.0, 0.0]}}}
+        },
+        "random choice []": {"random": {"n": 2, "space": {"model.builtin_dropout": {"choice": []}}}},
+        "random unknown distribution": {
+            "random": {"n": 2, "space": {"model.builtin_dropout": {"normal": [0, 1]}}}
+        },
         "random n 0": {"random": {"n": 0, "space": {}}},
         "random n huge": {"random": {"n": 10**9, "space": {}}},
         "random seed a list": {"random": {"n": 1, "seed": [1], "space": {}}},
@@ -649,7 +653,7 @@ def cases(w: Path) -> list[Case]:
         "seeds empty": {"seeds": []},
         "variant name ../x": {"variants": {"../x": {}}},
         "variants a list": {"variants": [1]},
-        "variant override out of range": {"variants": {"v": {"model.dropout": 2.0}}},
+        "variant override out of range": {"variants": {"v": {"model.builtin_dropout": 2.0}}},
         "executor name nope": {"executor": {"name": "nope"}},
         "executor workers 0": {"executor": {"workers": 0}},
         "executor device nope": {"executor": {"device": "nope"}},

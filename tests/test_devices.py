@@ -321,7 +321,7 @@ def test_cuda_scores_equal_cpu_scores(family):
 # every regularizer, so each one's tensors are checked: the fact objectives (IG meta-gradients), dropout's
 # explicit penalty with gradient noise, decorrelation, sparsity, magnitude masking and neuron swaps
 TRAIN_REGULARIZERS = [
-    {"name": "dropout", "p": 0.1},
+    {"name": "ffn_dropout", "p": 0.1},
     {"name": "explicit_dropout", "coef": 0.1, "grad_noise": 1e-3},
     {"name": "decorrelation", "coef": 0.1},
     {"name": "activation_sparsity", "form": "topk", "k": 4, "coef": 0.1},
@@ -350,7 +350,7 @@ def _train_cfg():
         checkpoint_every=2,
         log_every=2,
         regularizers=TRAIN_REGULARIZERS,
-        **{"model.dropout": 0.1},
+        **{"model.builtin_dropout": 0.1},
     )
 
 
@@ -543,7 +543,9 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
     from train_helpers import tiny_cfg
 
-    cfg = tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2, regularizers=[{"name": "dropout"}])
+    cfg = tiny_cfg(
+        steps=4, eval_every=2, checkpoint_every=2, log_every=2, regularizers=[{"name": "ffn_dropout"}]
+    )
     whole = train(cfg, tmp_path / "whole", progress=False, device="cpu")
 
     def stop(trainer, step):

@@ -201,7 +201,7 @@ def test_sweep_out_a_file_is_a_one_line_error(tmp_path, capsys):
     ],
 )
 def test_bad_random_distributions_are_one_line_errors(tmp_path, capsys, space, message):
-    sweep = _sweep(tmp_path, random={"n": 2, "space": {"model.dropout": space}})
+    sweep = _sweep(tmp_path, random={"n": 2, "space": {"model.builtin_dropout": space}})
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "s")]) == 2
     _one_line_error(capsys, message)
     assert not (tmp_path / "s").exists()

@@ -269,7 +269,6 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         facts=facts,
         lm=tiny_lm("llama"),
         progress=False,
-        figures=False,
         shard=ShardConfig("reversed-test"),
     )
     assert len(calls) == 2

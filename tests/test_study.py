@@ -67,7 +67,7 @@ def _rows(effects: dict[str, dict]) -> list[dict]:
 
 EFFECTS = {
     "none": {},
-    "dropout": {"overrides": {"model.dropout": 0.1}, "spec": -0.1, "cost": 0.1, "acc": -0.3},
+    "dropout": {"overrides": {"model.builtin_dropout": 0.1}, "spec": -0.1, "cost": 0.1, "acc": -0.3},
     "sparse_connections": {"spec": 0.0, "noise": 0.2},
     "suppressability": {"supp": 0.3, "spec": 0.05, "cost": 0.02},
 }
@@ -181,7 +181,7 @@ def test_report_writes_the_study(tmp_path):
             "name": "s",
             "base": base,
             "grid": {"model.d_ffn": list(WIDTHS)},
-            "variants": {"none": {}, "dropout": {"model.dropout": 0.1}},
+            "variants": {"none": {}, "dropout": {"regularizers": [{"name": "ffn_dropout", "p": 0.1}]}},
             "seeds": list(SEEDS),
         }
     )
@@ -226,7 +226,7 @@ def test_study_parts_share_their_baseline_trials(tmp_path, monkeypatch):
     (tmp_path / "runs" / "study_text").mkdir(parents=True)
     (tmp_path / "runs" / "study_text" / "a.txt").write_text("some general text\n")
     study, dose = load_sweep(root / "study.yaml"), load_sweep(root / "study-dose.yaml")
-    assert len(study.trials) == 108 and len({t.variant for t in study.trials}) == 9
+    assert len(study.trials) == 120 and len({t.variant for t in study.trials}) == 10
     assert {t.run_config["model"]["d_ffn"] for t in study.trials} == {64, 128, 256, 512}
     ids = {t.id for t in study.trials}
     base = [t for t in dose.trials if t.variant == "none"]

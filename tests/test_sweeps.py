@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -32,7 +34,7 @@ def test_grid_variants_and_seeds_expand_with_stable_ids():
     cfg = parse_sweep(
         {
             "base": BASE,
-            "variants": {"a": {}, "b": {"model.dropout": 0.1}},
+            "variants": {"a": {}, "b": {"model.builtin_dropout": 0.1}},
             "grid": {"train.lr": [0.001, 0.01]},
             "seeds": [0, 1],
         }
@@ -41,7 +43,7 @@ def test_grid_variants_and_seeds_expand_with_stable_ids():
     again = parse_sweep(
         {
             "base": BASE,
-            "variants": {"a": {}, "b": {"model.dropout": 0.1}},
+            "variants": {"a": {}, "b": {"model.builtin_dropout": 0.1}},
             "grid": {"train.lr": [0.001, 0.01]},
             "seeds": [0, 1],
         }
@@ -49,7 +51,7 @@ def test_grid_variants_and_seeds_expand_with_stable_ids():
     assert [t.id for t in cfg.trials] == [t.id for t in again.trials]
     assert len({t.id for t in cfg.trials}) == 8
     t = next(t for t in cfg.trials if t.variant == "b" and t.seed == 1)
-    assert t.run_config["model"]["dropout"] == 0.1 and t.run_config["train"]["seed"] == 1
+    assert t.run_config["model"]["builtin_dropout"] == 0.1 and t.run_config["train"]["seed"] == 1
 
 
 def test_random_search_samples_from_distributions():
@@ -143,6 +145,33 @@ def test_trial_ids_hash_the_full_resolved_config():
     # a default written out explicitly resolves to the same config: the same trial
     explicit = {**BASE, "train": {**BASE["train"], "lr": 3e-3}}
     assert ids(base=explicit) == same
+    split = {**BASE, "data": {**BASE["data"], "fact_split": {"held_out": 0.25}}}
+    assert ids(base=split) != same  # which facts the objectives see changes the result
+
+
+def test_renamed_fields_keep_their_trial_ids():
+    """model.dropout was renamed model.builtin_dropout: a sweep written either way gives the same trials,
+    and the id still hashes the field under its old name (so every id from before the rename holds)."""
+    from legibility.sweeps.config import trial_id
+
+    def trials(key: str) -> list:
+        return parse_sweep({"base": BASE, "variants": {"d": {key: 0.1}}, "seeds": [0], "score": SCORE}).trials
+
+    with pytest.warns(FutureWarning, match="model.builtin_dropout"):
+        (old,) = trials("model.dropout")
+    (new,) = trials("model.builtin_dropout")
+    assert old.id == new.id
+    (other,) = trials("data.val_fraction")
+    assert other.id != new.id
+    from legibility.training.run_config import parse_run_config
+
+    score = parse_sweep({"base": BASE, "score": SCORE}).score  # with defaults filled in
+    resolved = json.loads(json.dumps(dataclasses.asdict(parse_run_config(new.run_config))))
+    resolved["model"]["dropout"] = resolved["model"].pop("builtin_dropout")  # the config as it was hashed
+    digest = hashlib.sha256(
+        json.dumps({"run": resolved, "score": score}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    assert new.id == f"d-{digest}-s0" == trial_id("d", {"run": resolved, "score": score}, 0)
 
 
 def test_changed_config_keeps_old_rows_as_stale_and_reports_only_current(tmp_path):
@@ -248,7 +277,7 @@ def test_sweep_killed_mid_trial_resumes(tmp_path):
             {
                 "name": "k",
                 "base": base,
-                "variants": {"a": {}, "b": {"model.dropout": 0.1}},
+                "variants": {"a": {}, "b": {"model.builtin_dropout": 0.1}},
                 "seeds": [0],
                 "score": SCORE,
             }
@@ -320,7 +349,7 @@ def _fake_rows(store: ResultsStore) -> None:
         {
             "name": "<script>alert(1)</script>",
             "base": BASE,
-            "variants": {"plain": {}, "dropout": {"model.dropout": 0.2}},
+            "variants": {"plain": {}, "dropout": {"model.builtin_dropout": 0.2}},
             "seeds": [0, 1, 2],
         }
     )

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from legibility.attribution import METHODS, AttributionConfig, attribute_prompts
 from legibility.attribution.contrastive import with_contrast
+from legibility.facts.known import KnownConfig
 from legibility.facts.render import render
 from legibility.facts.split import PromptSplit
 from legibility.facts.types import Fact, RenderedFact
@@ -26,7 +27,6 @@ from legibility.metrics.effects import EffectConfig, EffectRunner
 from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
-from legibility.run import KnownConfig
 from legibility.sharding import ModelSpec, ShardConfig, map_facts
 from legibility.store import JsonlStore, atomic_write_json
 

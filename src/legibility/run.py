@@ -9,8 +9,9 @@ that differ, or, with ``force=True``, recomputed from scratch.
 
 Everything is validated before anything is written to the output directory, so a failed start never
 leaves a half-made run behind. Files: ``run.json`` (the key), ``facts.json`` (the kept facts in order,
-and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl``, ``scorecard.json`` and the
-figures drawn by :func:`legibility.report.figures.draw_run_figures`.
+and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl`` and ``scorecard.json``. The runner
+writes results; figures are the caller's (the CLI draws them with
+:func:`legibility.report.figures.draw_run_figures`).
 
 The neuron and effect stages are maps over facts that append one record per fact to a JSONL store
 (:func:`legibility.sharding.map_facts`): in this process by default, or spread over Ray workers that load
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legibility.errors import LegibilityError
+from legibility.facts.known import KnownConfig
 from legibility.models.identity import identity, identity_of, model_ref, sha256_file
 from legibility.sharding import ModelSpec, ShardConfig
 from legibility.store import (
@@ -65,16 +67,6 @@ RESULT_FILES = (
 MAX_STEPS = 4096  # integrated-gradients steps (the paper uses 20)
 MAX_CONTROLS = 1000  # control facts per fact
 MAX_BATCH = 65536  # prompts or path points per forward pass
-
-
-@dataclass(frozen=True)
-class KnownConfig:
-    """Which facts count as known by the model (only those are attributed)."""
-
-    top_k: int = 1  # the target must be within the model's top k predictions ...
-    min_share: float = 0.5  # ... on at least this share of the fact's usable prompts
-    limit: int | None = None  # keep at most this many known facts per relation (None: all)
-    scan: int = 20  # with a limit, examine at most limit * scan candidate facts per relation
 
 
 def _attribution() -> AttributionConfig:
@@ -389,7 +381,6 @@ def run(
     lm: LoadedModel | None = None,
     force: bool = False,
     progress: bool = True,
-    figures: bool = True,
     shard: ShardConfig | None = None,
     device: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -421,7 +412,6 @@ def run(
         known = identity_of(settings.model)
         if known is not None:  # refuse a changed key before spending time on loading the model
             _check_key(out, run_key(settings, facts_hash, known), force)
-        _register_activations()
         if not progress:
             from transformers.utils import logging as hf_logging
 
@@ -437,17 +427,13 @@ def run(
     _check_key(out, key, force)
     try:
         with run_lock(out):
-            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, figures, shard, log)
+            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, shard, log)
     except OSError as e:
         if is_disk_error(e):
             raise LegibilityError(
                 f"cannot write to {out}: {e.strerror}; free space or choose another --out"
             ) from e
         raise
-
-
-def _register_activations() -> None:
-    import legibility.training.model  # noqa: F401  (registers SoLU with transformers, for trained models)
 
 
 def _check_key(out: Path, key: dict, force: bool) -> None:
@@ -489,7 +475,6 @@ def _run_locked(
     lm: LoadedModel,
     force: bool,
     progress: bool,
-    figures: bool,
     shard: ShardConfig | None,
     log: Callable[[str], None] | None,
 ) -> RunResult:
@@ -553,16 +538,6 @@ def _run_locked(
         )
         extra = {k: v.to_dict() for k, v in compute_metrics(list(settings.metrics), ctx).items()}
     card = pipeline.write_scorecard(out, records, effects, key, extra, settings.seed)
-    if figures:
-        from legibility.report.figures import draw_run_figures
-
-        draw_run_figures(
-            out,
-            records,
-            card["metrics"],
-            lm.sites.n_layers,
-            settings.model if lm.name == settings.model else lm.name,
-        )
     return RunResult(out, key, report, kept, records, effects, card, lm.sites.n_layers)
 
 

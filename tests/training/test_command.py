@@ -56,8 +56,11 @@ def test_config_errors_name_the_key_and_what_is_allowed(data, message):
     [
         ({"train": {"lr": -0.001}}, r"^train.lr = -0.001 is out of range; allowed: > 0.0$"),
         ({"train": {"lr": float("nan")}}, r"^train.lr = nan is out of range"),
-        ({"model": {"dropout": 1.5}}, r"^model.dropout = 1.5 is out of range; allowed: in \[0.0, 1.0\)$"),
-        ({"model": {"dropout": 1.0}}, r"^model.dropout = 1.0 is out of range"),
+        (
+            {"model": {"builtin_dropout": 1.5}},
+            r"^model.builtin_dropout = 1.5 is out of range; allowed: in \[0.0, 1.0\)$",
+        ),
+        ({"model": {"builtin_dropout": 1.0}}, r"^model.builtin_dropout = 1.0 is out of range"),
         ({"model": {"n_heads": 0}}, r"^model.n_heads = 0 is out of range; allowed: in \[1, 256\]$"),
         ({"model": {"n_heads": 3}}, r"model.d_model \(64\) must be divisible by model.n_heads \(3\)"),
         ({"model": {"n_layers": 0}}, r"^model.n_layers = 0 is out of range; allowed: in \[1, 256\]$"),
@@ -118,3 +121,37 @@ def test_add_parser_wires_run():
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "c.yaml", "--out", "o"])
     assert args.config == "c.yaml" and args.out == "o" and callable(args.run)
+
+
+def test_old_dropout_names_load_with_a_warning_that_says_what_to_write():
+    with pytest.warns(FutureWarning, match=r"model.builtin_dropout: <p>.*name: ffn_dropout"):
+        cfg = parse_run_config({"model": {"dropout": 0.2}})
+    assert cfg.model.builtin_dropout == 0.2
+    with pytest.raises(LegibilityError, match="give builtin_dropout only"):
+        parse_run_config({"model": {"dropout": 0.2, "builtin_dropout": 0.1}})
+    with pytest.warns(FutureWarning, match="write 'ffn_dropout'"):
+        cfg = parse_run_config({"regularizers": [{"name": "dropout", "p": 0.3}]})
+    assert cfg.regularizers == [{"name": "ffn_dropout", "p": 0.3}]  # recorded under the new name
+
+
+def test_a_run_folder_written_before_the_rename_resumes(tmp_path):
+    """A config.json holding model.dropout and the dropout regularizer is the same run as the renamed
+    config: the trainer resumes it instead of refusing the folder."""
+    import dataclasses
+    import warnings
+
+    from train_helpers import tiny_cfg
+
+    from legibility.training.trainer import Trainer
+
+    cfg = tiny_cfg(**{"model.builtin_dropout": 0.1}, regularizers=[{"name": "ffn_dropout", "p": 0.2}])
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    old["model"]["dropout"] = old["model"].pop("builtin_dropout")
+    old["regularizers"] = [{"name": "dropout", "p": 0.2}]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(cfg, tmp_path, progress=False, device="cpu")  # no refusal, no warning
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, builtin_dropout=0.3))
+    with pytest.raises(LegibilityError, match=r"model.builtin_dropout: 0.1 -> 0.3"):
+        Trainer(other, tmp_path, progress=False, device="cpu")

@@ -44,8 +44,8 @@ def test_registry_has_every_regularizer_of_the_issue():
     assert set(REGULARIZERS.names()) == {
         "activation_sparsity",
         "decorrelation",
-        "dropout",
         "explicit_dropout",
+        "ffn_dropout",
         "locality",
         "sparse_connections",
         "suppressability",
@@ -177,20 +177,59 @@ def test_sparse_connections_masks_to_the_final_density():
     assert (w != 0).float().mean().item() == pytest.approx(0.25, abs=1 / w.numel())
 
 
-def test_neuron_dropout_only_in_training():
-    lm = tiny_lm("gpt2")
-    spec = REGULARIZERS["dropout"]
-    reg = spec.build(spec.config(p=0.5), Setup(lm.model, lm.sites))
-    ctx = StepContext(lm.model, lm.sites, 0, 10, torch.tensor([[5, 6, 7]]))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_ffn_dropout_zeroes_the_neuron_site_in_training_only(family):
+    """At the site the attribution reads (GPT-2's mlp.act output, Llama's act(gate) * up): in training each
+    first-layer neuron is either dropped (exactly 0) or kept and scaled by 1 / (1 - p); in eval mode the
+    activations are the clean ones, bit for bit."""
+    lm = tiny_lm(family)
+    for module in lm.model.modules():  # the tiny GPT-2 keeps HF's default builtin dropout of 0.1
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    spec = REGULARIZERS["ffn_dropout"]
+    p = 0.4
+    reg = spec.build(spec.config(p=p), Setup(lm.model, lm.sites))
+    ids = torch.randint(3, lm.model.config.vocab_size, (4, 9))
+    ctx = StepContext(lm.model, lm.sites, 0, 10, ids)
+    lm.model.eval()
+    with lm.sites.record() as store:
+        lm.model(input_ids=ids)
+    clean = store[0].clone()  # [batch, pos, neurons]
+    assert (clean == 0).sum() == 0  # so every zero below is a drop
     lm.model.train()
     with reg.forward(ctx), lm.sites.record() as store:
-        lm.model(input_ids=ctx.input_ids)
-    zeros = (store[0] == 0).float().mean().item()
-    assert 0.3 < zeros < 0.7
+        lm.model(input_ids=ids)
+    dropped = store[0] == 0
+    kept = ~dropped
+    assert torch.allclose(store[0][kept], clean[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    n = dropped.numel()
+    assert abs(dropped.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5  # binomial, 4 sigma
+    assert all((store[layer] == 0).any() for layer in range(lm.sites.n_layers))  # every layer
     lm.model.eval()
     with reg.forward(ctx), lm.sites.record() as store:
-        lm.model(input_ids=ctx.input_ids)
-    assert (store[0] == 0).float().mean().item() < 0.05
+        lm.model(input_ids=ids)
+    assert torch.equal(store[0], clean)
+
+
+def test_builtin_dropout_never_drops_an_ffn_neuron():
+    """model.builtin_dropout (Hugging Face's) acts on embeddings, residual and attention, not on the
+    neurons: in training it changes the site's values but zeroes none of them (what ffn_dropout is for)."""
+    from legibility.models.sites import Sites
+    from legibility.training.config import ModelConfig
+    from legibility.training.model import build_model
+
+    model = build_model(ModelConfig(d_model=32, d_ffn=64, builtin_dropout=0.5), vocab_size=50)
+    sites = Sites.detect(model)
+    ids = torch.randint(3, 50, (4, 9))
+    model.eval()
+    with sites.record() as store:
+        model(input_ids=ids)
+    clean = store[0].clone()
+    model.train()
+    with sites.record() as store:
+        model(input_ids=ids)
+    assert not torch.allclose(store[0], clean)  # the dropout did act upstream of the site ...
+    assert (store[0] == 0).sum() == 0  # ... yet no neuron was dropped
 
 
 def test_parse_regularizers_errors_name_the_key():
@@ -201,7 +240,7 @@ def test_parse_regularizers_errors_name_the_key():
     with pytest.raises(
         LegibilityError, match=r"regularizers\[1\] \(decorrelation\): unknown key\(s\) bogus; allowed: coef"
     ):
-        parse_regularizers([{"name": "dropout"}, {"name": "decorrelation", "bogus": 1}])
+        parse_regularizers([{"name": "ffn_dropout"}, {"name": "decorrelation", "bogus": 1}])
     with pytest.raises(LegibilityError, match=r"form: 'l3' is not allowed; choose one of 'l1', 'decov'"):
         parse_regularizers([{"name": "decorrelation", "form": "l3"}])
 

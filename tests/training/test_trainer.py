@@ -28,8 +28,8 @@ torch.set_num_threads(1)
 from train_helpers import tiny_cfg
 from legibility.training import Trainer
 delay = float(sys.argv[2])
-cfg = tiny_cfg(steps=40, checkpoint_every=10, eval_every=20, **{{"model.dropout": 0.1}},
-               regularizers=[{{"name": "dropout", "p": 0.2}}, {{"name": "explicit_dropout", "coef": 0.1, "grad_noise": 1e-3}}])
+cfg = tiny_cfg(steps=40, checkpoint_every=10, eval_every=20, **{{"model.builtin_dropout": 0.1}},
+               regularizers=[{{"name": "ffn_dropout", "p": 0.2}}, {{"name": "explicit_dropout", "coef": 0.1, "grad_noise": 1e-3}}])
 final = Trainer(cfg, sys.argv[1], progress=False).fit([lambda t, s: time.sleep(delay)])
 print("FINAL", json.dumps(final))
 """

@@ -2,7 +2,8 @@
 
 An entry says what a metric is called in tables and figures, which way is more interpretable, its exact
 definition and where it appears (its *views*). Scorecard metrics are registered by
-:mod:`legibility.metrics.scorecard` together with the function that computes them from a run's records;
+:mod:`legibility.metrics.scorecard` together with the function that computes them from a run's records
+(the package imports it, so the table is complete whenever this module is imported);
 the training lab's and probes' numbers (``val_loss``, ``fact_accuracy``, ...) are declared here, since they
 are computed elsewhere but shown and stored beside the scorecard. Independent metrics keep their own
 registry (:data:`legibility.metrics.spec.INDEPENDENT`) and appear under ``independent.<name>.<key>``.
@@ -36,6 +37,9 @@ Direction = Literal["higher", "lower", "none"]  # which way is more interpretabl
 Source = Literal["scorecard", "train", "probe"]  # which record of a trial holds the value
 View = Literal["card", "trial", "summary", "agreement", "column", "checkpoint", "frontier"]
 VIEWS: tuple[View, ...] = ("card", "trial", "summary", "agreement", "column", "checkpoint", "frontier")
+# Suffix of a training run's metrics measured on the facts its objectives trained on (in-sample); the bare
+# name is measured on held-out facts that no objective saw.
+TRAINED_FACTS = ".trained_facts"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class MetricInfo:
     source: Source = "scorecard"
     compute: ScoreFn | None = None  # scorecard metrics: records -> estimate
     per_relation: bool = False  # the scorecard also holds it per relation, as ``name@P36``
+    # measured on facts: a training run has it for its held-out facts (the name) and, in-sample, for the
+    # facts its objectives saw (the name + TRAINED_FACTS)
+    fact_groups: bool = True
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
@@ -74,6 +81,7 @@ def register_metric(
     source: Source = "scorecard",
     per_relation: bool = False,
     compute: ScoreFn | None = None,
+    fact_groups: bool = True,
 ) -> MetricInfo:
     """Add a metric to the table (a duplicate name is an error)."""
     unknown = set(views) - set(VIEWS)
@@ -85,27 +93,19 @@ def register_metric(
     return METRICS.register(name)(info)
 
 
-def _load() -> None:
-    """Import the modules that register metrics (they import this one, so not at the top)."""
-    import legibility.metrics.scorecard  # noqa: F401
-
-
 def names(view: View) -> tuple[str, ...]:
     """The metrics of one view, in registration order."""
-    _load()
     return tuple(name for name, info in METRICS.items() if view in info.views)
 
 
 def info(name: str) -> MetricInfo:
     """The entry of ``name`` (an unknown name: one line listing the known ones)."""
-    _load()
     return METRICS[name.split("@")[0]]
 
 
 def label(key: str) -> str:
     """Display name of a metric key (a per-relation ``name@P36`` keeps its suffix); keys outside the
     table (independent metrics) are shown as they are."""
-    _load()
     base, _, rel = key.partition("@")
     if base not in METRICS:
         return key
@@ -114,7 +114,6 @@ def label(key: str) -> str:
 
 def scorecard_metrics() -> list[tuple[str, MetricInfo]]:
     """(name, entry) of every metric the scorecard computes, in registration order."""
-    _load()
     return [(n, i) for n, i in METRICS.items() if i.compute is not None]
 
 
@@ -123,8 +122,8 @@ register_metric(
     "fact_accuracy",
     label="fact top-1",
     direction="none",
-    definition="""Share of the synthetic world's fact prompts whose object is the model's top-1 prediction
-    (training lab; held-out paraphrases where the world has them).""",
+    definition="""Share of fact prompts whose object is the model's top-1 prediction, on held-out templates
+    (training lab), for the held-out facts (and, + .trained_facts, for the objectives' facts).""",
     views=("trial", "summary", "agreement", "column", "checkpoint"),
     source="train",
 )
@@ -135,6 +134,7 @@ register_metric(
     definition="Mean next-token cross-entropy (nats) on the training corpus's validation windows.",
     views=("summary", "agreement", "column"),
     source="train",
+    fact_groups=False,
 )
 register_metric(
     "text_val_loss",
@@ -144,6 +144,7 @@ register_metric(
     variant measured where its fact objectives do not act).""",
     views=("summary", "column"),
     source="train",
+    fact_groups=False,
 )
 register_metric(
     "probe.relation",

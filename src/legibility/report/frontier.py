@@ -117,7 +117,10 @@ def frontier_figure(rows: Sequence[dict], path: str | Path, x_key: str = "suppre
 
 
 def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
-    """Spearman rank correlation between metrics across trials (NaN where fewer than 3 trials have both)."""
+    """Spearman rank correlation (``scipy.stats.spearmanr``, ties averaged) between metrics across trials
+    (NaN where fewer than 3 trials have both, or one of them is constant)."""
+    from scipy import stats
+
     data = [trial_metrics(r) for r in rows]
     k = len(keys)
     out = np.full((k, k), np.nan)
@@ -126,10 +129,10 @@ def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
             pairs = [(d[keys[i]], d[keys[j]]) for d in data if keys[i] in d and keys[j] in d]
             if len(pairs) < 3:
                 continue
-            a, b = (np.argsort(np.argsort(np.array(c))).astype(float) for c in zip(*pairs, strict=True))
+            a, b = (np.array(c, dtype=float) for c in zip(*pairs, strict=True))
             if a.std() == 0 or b.std() == 0:
                 continue
-            out[i, j] = float(np.corrcoef(a, b)[0, 1])
+            out[i, j] = float(stats.spearmanr(a, b).statistic)
     return out
 
 

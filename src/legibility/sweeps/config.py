@@ -5,9 +5,9 @@ name: regularizers
 base: world-gpt2.yaml            # a run config (path relative to this file) or an inline mapping
 variants:                        # named override sets (dotted keys into the run config)
   none: {}
-  dropout: {model.dropout: 0.1}
+  dropout: {regularizers: [{name: ffn_dropout, p: 0.1}]}
 grid: {train.lr: [0.001, 0.003]} # crossed with every variant
-random: {n: 4, space: {model.dropout: {uniform: [0.0, 0.3]}}}   # instead of grid
+random: {n: 4, space: {model.builtin_dropout: {uniform: [0.0, 0.3]}}}   # instead of grid
 seeds: [0, 1, 2]
 score: {facts: 20, ig_steps: 20}
 executor: {name: local, workers: 1}   # or {name: ray, address: auto}; device: cuda (not in trial ids)
@@ -121,11 +121,26 @@ def check_variant_name(name: Any) -> str:
     return name
 
 
+# renamed run-config fields are hashed under their old names, so a rename alone never moves a trial id
+ID_NAMES = {("model", "builtin_dropout"): "dropout"}
+
+
+def _id_form(resolved: dict) -> dict:
+    out = copy.deepcopy(resolved)
+    run = out.get("run")
+    for (section, new), old in ID_NAMES.items():
+        node = run.get(section) if isinstance(run, dict) else None
+        if isinstance(node, dict) and new in node:
+            node[old] = node.pop(new)
+    return out
+
+
 def trial_id(variant: str, resolved: dict, seed: int) -> str:
     """``<variant>-<hash>-s<seed>``; the hash covers the full resolved trial config (base, overrides, seed,
     score settings, defaults filled in, and the content digests of the data files it reads), so changing any
-    of them gives a new trial instead of a stale row."""
-    text = json.dumps(resolved, sort_keys=True, default=str)
+    of them gives a new trial instead of a stale row. Renamed fields are hashed under their old names
+    (``ID_NAMES``): renaming changes no result."""
+    text = json.dumps(_id_form(resolved), sort_keys=True, default=str)
     return f"{variant}-{hashlib.sha256(text.encode()).hexdigest()[:12]}-s{seed}"
 
 

@@ -3,7 +3,8 @@
 Only the sweep's parent process writes (workers return results), so the single-writer rule of DuckDB holds.
 Columns: trial_id, sweep, variant, seed, status (pending|running|done|failed), overrides/config/train/metrics
 (JSON), started/finished (UTC), train_s/score_s (seconds), error. A view ``trials_flat`` adds the headline
-numbers as columns.
+numbers as columns. Fact metrics are on held-out facts (no objective saw them; ``data.fact_split``); the
+columns ending in ``_trained_facts`` are the same metrics on the facts the objectives trained on.
 """
 
 from __future__ import annotations
@@ -27,17 +28,21 @@ CREATE TABLE IF NOT EXISTS trials (
 
 def view_sql() -> str:
     """The SQL view ``trials_flat``: the trial's columns and one column per metric of the table's
-    ``column`` view (dots become underscores), read from the training record or the scorecard."""
-    from legibility.metrics.table import info, names
+    ``column`` view (dots become underscores), read from the training record or the scorecard; a metric of
+    facts has a second column for the objective facts (``..._trained_facts``)."""
+    from legibility.metrics.table import TRAINED_FACTS, info, names
 
     cols = []
-    for name in names("column"):
-        path = f'$."{name}"' if "." in name else f"$.{name}"
-        if info(name).source == "train":
-            expr = f"json_extract(train, '{path}')"
-        else:
-            expr = f"json_extract(metrics, '{path}.value')"
-        cols.append(f"  CAST({expr} AS DOUBLE) AS {name.replace('.', '_')}")
+    for base in names("column"):
+        entry = info(base)
+        # fact metrics: the held-out facts' (bare name) and the objective facts' (+ .trained_facts)
+        for name in (base, base + TRAINED_FACTS) if entry.fact_groups else (base,):
+            path = f'$."{name}"' if "." in name else f"$.{name}"
+            if entry.source == "train":
+                expr = f"json_extract(train, '{path}')"
+            else:
+                expr = f"json_extract(metrics, '{path}.value')"
+            cols.append(f"  CAST({expr} AS DOUBLE) AS {name.replace('.', '_')}")
     head = "  trial_id, sweep, variant, seed, status, train_s, score_s, error"
     return "CREATE OR REPLACE VIEW trials_flat AS SELECT\n" + ",\n".join([head, *cols]) + "\nFROM trials;"
 

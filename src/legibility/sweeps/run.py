@@ -35,8 +35,10 @@ from legibility.sweeps.results import ResultsStore
 
 def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None = None) -> dict:
     """Train and score one trial on ``device`` (default ``"auto"``; runs in a worker: arguments and
-    result are plain data)."""
-    from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
+    result are plain data). Held-out facts and objective facts are scored apart
+    (:func:`legibility.training.experiment.score_groups`): bare metric names are held-out facts, names
+    ending in ``.trained_facts`` the facts the objectives trained on."""
+    from legibility.training.experiment import ScoreConfig, score_groups
     from legibility.training.run_config import parse_run_config
     from legibility.training.trainer import train
 
@@ -45,9 +47,9 @@ def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None 
     t0 = time.perf_counter()
     final = train(cfg, out / "train", progress=False, device=device)
     t1 = time.perf_counter()
-    facts = all_template_facts(cfg)
-    scored = score_model(out / "train" / "model", facts, out / "score", ScoreConfig(**score), device)
-    metrics = {**scored["metrics"], **_independent(out, facts, device)}
+    # the runner computes the default independent metrics with the scorecard, on the model it loaded
+    scored = score_groups(out / "train" / "model", cfg, out, ScoreConfig(**score), device)
+    metrics = scored["metrics"]
     t2 = time.perf_counter()
     return {
         "train": final,
@@ -56,21 +58,6 @@ def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None 
         "train_s": t1 - t0,
         "score_s": t2 - t1,
     }
-
-
-def _independent(trial_dir: Path, facts: list, device: str | None = None) -> dict:
-    """The cheap independent metrics of a scored trial, so the report can check them against suppressability."""
-    from legibility.metrics.independent import compute_metrics, context_from_run
-    from legibility.models.loading import load_model
-
-    score_dir = trial_dir / "score"
-    if not (score_dir / "neurons.jsonl").exists():
-        return {}  # the model knew no facts: nothing was attributed
-    lm = load_model(str(trial_dir / "train" / "model"), device=device)
-    lm.add_special_tokens = False  # as score_model does for the trained word-level tokenizer
-    ctx = context_from_run(score_dir, lm, facts)
-    names = ["concentration", "overlap", "sparsity", "polysemanticity"]
-    return {k: v.to_dict() for k, v in compute_metrics(names, ctx).items()}
 
 
 def _error(e: BaseException) -> str:

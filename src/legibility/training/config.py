@@ -10,8 +10,9 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from legibility.errors import LegibilityError
 from legibility.facts.synthetic import WorldConfig
@@ -29,9 +30,21 @@ class ModelConfig:
     d_ffn: int = 256  # FFN width = number of neurons per layer
     n_heads: int = 4  # attention heads (d_model must be divisible by it)
     activation: Literal["gelu", "relu", "silu", "solu"] = "gelu"  # solu: LayerNorm(x * softmax(x))
-    dropout: float = 0.0  # gpt2: embedding, residual and attention dropout; llama: attention dropout only
+    # Hugging Face's own dropout (gpt2: embedding, residual and attention; llama: attention only). It never
+    # touches the FFN neurons; dropout on those is the ffn_dropout regularizer.
+    builtin_dropout: float = 0.0
     context: int = 64  # maximum sequence length
     tie_embeddings: bool = True  # share the input embedding and the LM head
+
+    # old key -> (new key, what to write instead); an old key still loads, with a FutureWarning
+    RENAMED: ClassVar[dict[str, tuple[str, str]]] = {
+        "dropout": (
+            "builtin_dropout",
+            "it is Hugging Face's embedding/residual/attention dropout, not dropout on the FFN neurons; write "
+            "model.builtin_dropout: <p> for the same run, or regularizers: [{name: ffn_dropout, p: <p>}] for "
+            "dropout on the FFN neurons where the knowledge neurons live",
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -63,12 +76,24 @@ class TextSource:
 
 
 @dataclass(frozen=True)
+class FactSplit:
+    """Which facts the fact objectives may use; the others (held-out facts) are never seen by any objective.
+
+    Both groups stay in the language-model corpus: the split only decides what the objectives train on and
+    what scorecards report apart (held-out facts: the claim; trained facts: in-sample)."""
+
+    held_out: float = 0.5  # share of each relation's facts held out of every objective (at least one)
+    seed: int = 0  # which facts are held out
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """What the model is trained on."""
 
     world: WorldConfig | None = field(default_factory=WorldConfig)  # synthetic facts (null: none)
     pararel: PararelSource | None = None  # PARAREL facts (null: none)
     text: TextSource | None = None  # extra text (null: none)
+    fact_split: FactSplit = field(default_factory=FactSplit)  # objective facts vs held-out facts
     n_sentences: int = 20000  # fact sentences in the corpus (world and PARAREL together)
     val_fraction: float = 0.05  # tail of the token stream kept for validation loss
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -173,11 +198,29 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise LegibilityError(f"{where}: expected a mapping with keys {_keys(cls)}, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data = _renamed(cls, data, where)
     unknown = sorted(set(data) - names)
     if unknown:
         raise LegibilityError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {_keys(cls)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _renamed(cls: type, data: dict, where: str) -> dict:
+    """``data`` with the old keys of ``cls.RENAMED`` under their new names, each with a FutureWarning that
+    says what to write instead; an old key given together with its new one is an error."""
+    renamed: dict[str, tuple[str, str]] = getattr(cls, "RENAMED", {})
+    old = [k for k in data if k in renamed]
+    if not old:
+        return data
+    out = dict(data)
+    for key in old:
+        new, advice = renamed[key]
+        if new in out:
+            raise LegibilityError(f"{where}: give {new} only ({key} is its old name; {advice})")
+        warnings.warn(f"{where}.{key} is deprecated: {advice}", FutureWarning, stacklevel=2)
+        out[new] = out.pop(key)
+    return out
 
 
 def _keys(cls: type) -> str:
@@ -191,7 +234,7 @@ RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("model.d_model", 1, 16384, True, True),
     ("model.d_ffn", 1, 65536, True, True),
     ("model.n_heads", 1, 256, True, True),
-    ("model.dropout", 0.0, 1.0, True, False),
+    ("model.builtin_dropout", 0.0, 1.0, True, False),
     ("model.context", 2, 32768, True, True),
     ("data.n_sentences", 1, 50_000_000, True, True),
     ("data.val_fraction", 0.0, 0.5, False, False),
@@ -207,6 +250,7 @@ RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("data.pararel.held_out_templates", 0, None, True, False),
     ("data.text.share", 0.0, 1.0, False, True),
     ("data.text.val_lines", 0.0, 0.5, True, True),
+    ("data.fact_split.held_out", 0.0, 1.0, False, False),
     ("train.steps", 1, 100_000_000, True, True),
     ("train.batch_size", 1, 65536, True, True),
     ("train.seq_len", 2, None, True, False),

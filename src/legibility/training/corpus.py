@@ -4,6 +4,9 @@ Sentences from all sources are shuffled into documents, tokenized by a tokenizer
 `tokenizers`, and joined (each followed by the end-of-sequence token) into one token stream whose tail is
 the validation split. Text lines have their own held-out split (``data.text.val_lines`` of the distinct
 lines, never trained on), so a general-text validation loss measures what a variant costs beyond the facts.
+Facts are split per relation (``data.fact_split``) into objective facts, which the fact objectives may
+train on, and held-out facts, which no objective ever sees (both stay in the corpus); scorecards report the
+two groups apart.
 A training batch is a set of random windows of that stream; the windows of step
 ``t`` depend only on ``(seed, t)``, which makes batches reproducible after a resume without saved state.
 """
@@ -21,7 +24,7 @@ from legibility.errors import LegibilityError
 from legibility.facts.pararel import load_pararel
 from legibility.facts.synthetic import make_world
 from legibility.facts.types import OBJECT, Fact
-from legibility.training.config import DataConfig, PararelSource, TextSource, TokenizerConfig
+from legibility.training.config import DataConfig, FactSplit, PararelSource, TextSource, TokenizerConfig
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
 
@@ -36,10 +39,21 @@ class Corpus:
     train_facts: list[Fact]  # prompts = training templates (seen in the corpus)
     eval_facts: list[Fact]  # prompts = held-out templates (never in the corpus)
     text_val_ids: Tensor | None = None  # held-out text lines, joined with EOS (None: no text configured)
+    held_out_ids: frozenset[str] = frozenset()  # ids of the facts no objective may see (data.fact_split)
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)  # type: ignore[arg-type]
+
+    @property
+    def objective_facts(self) -> list[Fact]:
+        """The training-template facts the fact objectives may use: every fact not held out."""
+        return [f for f in self.train_facts if f.id not in self.held_out_ids]
+
+    def eval_split(self) -> tuple[list[Fact], list[Fact]]:
+        """(held-out facts, objective facts), each prompted with its held-out templates."""
+        held = [f for f in self.eval_facts if f.id in self.held_out_ids]
+        return held, [f for f in self.eval_facts if f.id not in self.held_out_ids]
 
     def batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> Tensor:
         """Windows [batch, seq_len + 1] of the training stream for ``step`` (inputs = [:, :-1])."""
@@ -123,6 +137,24 @@ def _split_templates(facts: list[Fact], held: int) -> tuple[list[Fact], list[Fac
         train.append(Fact(f.subject, f.relation, f.object, f.prompts[:k], f.id))
         test.append(Fact(f.subject, f.relation, f.object, f.prompts[k:], f.id))
     return train, test
+
+
+def split_facts(facts: list[Fact], split: FactSplit) -> frozenset[str]:
+    """The ids of the held-out facts: per relation, round(held_out * n) of its n facts (at least one, and
+    at least one left for the objectives when the relation has two or more), drawn with ``split.seed``
+    from the relation's fact ids in sorted order, so the split depends on the facts, not their order."""
+    if not 0.0 < split.held_out < 1.0:
+        raise LegibilityError(f"data.fact_split.held_out must be in (0, 1), got {split.held_out}")
+    by_rel: dict[str, list[str]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f.id)
+    held: set[str] = set()
+    for rel, ids in sorted(by_rel.items()):
+        distinct = sorted(set(ids))
+        n = len(distinct)
+        k = 1 if n == 1 else min(max(round(split.held_out * n), 1), n - 1)
+        held |= set(random.Random(f"fact-split|{split.seed}|{rel}").sample(distinct, k))
+    return frozenset(held)
 
 
 def _pararel(src: PararelSource) -> tuple[list[Fact], list[Fact]]:
@@ -209,7 +241,8 @@ def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:
     if held_text:
         held_ids = tokenizer(held_text, add_special_tokens=False)["input_ids"]
         text_val = torch.tensor([t for ids in held_ids for t in (*ids, eos)], dtype=torch.long, device="cpu")
-    return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts, text_val)
+    held_out = split_facts(train_facts, cfg.fact_split) if train_facts else frozenset()
+    return Corpus(tokenizer, stream[:-n_val], stream[-n_val:], train_facts, eval_facts, text_val, held_out)
 
 
 def _hold_out(lines: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

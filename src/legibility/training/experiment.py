@@ -3,9 +3,13 @@
 For each (variant, seed): train the run config (``train.seed`` and the world's seed stay as configured
 unless ``vary_world`` is set; the seed changes initialization, batches and dropout), then score the final
 model with the standard pipeline (known facts -> integrated-gradients knowledge neurons -> suppression
-with random-neuron controls -> :func:`legibility.metrics.scorecard`) on the world's facts, prompted with
-all their templates (training and held-out). Held-out fact accuracy comes from the trainer's last
-evaluation. ``<out>/results.jsonl`` gets one line per run; finished runs are skipped on a rerun.
+with random-neuron controls -> :func:`legibility.metrics.scorecard`) on the run's facts, prompted with
+all their templates (training and held-out). Fact accuracy comes from the trainer's last evaluation.
+``<out>/results.jsonl`` gets one line per run; finished runs are skipped on a rerun.
+
+The facts are scored in two groups (``data.fact_split``), each its own scorecard run: the held-out facts,
+which no objective saw, into ``<run>/score`` under the bare metric names (the claim), and the objective
+facts into ``<run>/score_trained_facts`` under the same names with ``.trained_facts`` appended (in-sample).
 
     python -m legibility.training.experiment configs/world-gpt2.yaml configs/world-suppressability.yaml \
         --seeds 0 1 2 --out runs/experiment
@@ -25,13 +29,14 @@ from legibility.attribution import AttributionConfig
 from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
-from legibility.metrics.table import info, names
+from legibility.metrics.spec import default_metrics
+from legibility.metrics.table import TRAINED_FACTS, info, names
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
 from legibility.run import KnownConfig, RunSettings, run
 from legibility.store import run_lock
 from legibility.training.config import RunConfig
-from legibility.training.corpus import build_corpus
+from legibility.training.corpus import build_corpus, split_facts
 from legibility.training.run_config import load_run_config
 from legibility.training.trainer import train
 
@@ -40,10 +45,13 @@ from legibility.training.trainer import train
 class ScoreConfig:
     """How a trained model is scored."""
 
-    facts: int = 40  # known facts scored (per relation at most facts // relations)
+    facts: int = (
+        40  # known facts scored per group (held-out, trained; per relation at most facts // relations)
+    )
     ig_steps: int = 20  # integrated-gradients steps (paper: 20)
     threshold: float = 0.2  # coarse neuron threshold t
     share: float = 0.5  # refining share p
+    independent: bool = True  # also the default independent metrics (computed by the same run)
 
 
 def all_template_facts(cfg: RunConfig) -> list[Fact]:
@@ -53,6 +61,22 @@ def all_template_facts(cfg: RunConfig) -> list[Fact]:
         Fact(a.subject, a.relation, a.object, a.prompts + b.prompts, a.id)
         for a, b in zip(corpus.train_facts, corpus.eval_facts, strict=True)
     ]
+
+
+def fact_groups(cfg: RunConfig) -> dict[str, list[Fact]]:
+    """Metric suffix -> facts with every template: ``""`` the held-out facts (no objective saw them),
+    ``".trained_facts"`` the objective facts; each group in the corpus' fact order."""
+    facts = all_template_facts(cfg)
+    held = split_facts(facts, cfg.data.fact_split)  # the corpus' split: it depends on the facts only
+    return {
+        "": [f for f in facts if f.id in held],
+        TRAINED_FACTS: [f for f in facts if f.id not in held],
+    }
+
+
+def score_dir(run_dir: str | Path, suffix: str) -> Path:
+    """Where the scorecard run of one fact group lives: ``score`` (held-out facts), ``score_trained_facts``."""
+    return Path(run_dir) / ("score" + suffix.replace(".", "_"))
 
 
 def score_model(
@@ -74,6 +98,7 @@ def score_model(
         neurons=NeuronConfig(threshold=cfg.threshold, share=cfg.share),
         known=KnownConfig(limit=max(cfg.facts // n_rel, 1)),
         effects=EffectConfig(),
+        metrics=tuple(default_metrics()) if cfg.independent else (),
     )
     # A model retrained into the same directory is a new input: recompute its score instead of refusing.
     result = run(settings, out_dir, facts=facts, lm=lm, force=True, progress=False)
@@ -85,21 +110,38 @@ def trial_metrics() -> list[str]:
     return [k for k in names("trial") if info(k).source == "scorecard"]
 
 
+def score_groups(
+    model_dir: str | Path,
+    cfg: RunConfig,
+    run_dir: str | Path,
+    score: ScoreConfig,
+    device: str | None = None,
+) -> dict:
+    """Score held-out and objective facts apart (see the module doc): ``{"metrics": {name: estimate,
+    name + ".trained_facts": estimate}, "known_facts": n, "known_facts.trained_facts": m}``."""
+    metrics: dict = {}
+    out: dict = {}
+    for suffix, facts in fact_groups(cfg).items():
+        scored = score_model(model_dir, facts, score_dir(run_dir, suffix), score, device)
+        metrics.update({f"{k}{suffix}": v for k, v in scored["metrics"].items()})
+        out[f"known_facts{suffix}"] = scored["known_facts"]
+    return {"metrics": metrics, **out}
+
+
 def _record(name: str, seed: int, run_dir: Path) -> dict:
     final = json.loads((run_dir / "model" / "final.json").read_text())
-    card = json.loads((run_dir / "score" / "scorecard.json").read_text())["metrics"]
-    known = json.loads((run_dir / "score" / "known.json").read_text())["known_facts"]
+    known = json.loads((run_dir / "score" / "known.json").read_text())
     rec = {
         "variant": name,
         "seed": seed,
         "val_loss": final.get("val_loss"),
-        "held_out_fact_accuracy": final.get("fact_accuracy"),
-        "known_facts": known,
         "device": final.get("device"),  # where it trained (runs from before devices were recorded: None)
     }
-    rec.update(
-        {k: card[k]["value"] if k in card else None for k in names("trial") if info(k).source == "scorecard"}
-    )
+    for suffix in ("", TRAINED_FACTS):
+        card = json.loads((score_dir(run_dir, suffix) / "scorecard.json").read_text())["metrics"]
+        rec[f"held_out_fact_accuracy{suffix}"] = final.get(f"fact_accuracy{suffix}")
+        rec[f"known_facts{suffix}"] = known.get(f"known_facts{suffix}")
+        rec.update({f"{k}{suffix}": card[k]["value"] if k in card else None for k in trial_metrics()})
     return rec
 
 
@@ -130,16 +172,9 @@ def _run_experiment(
             if not (run_dir / "score" / "known.json").exists():
                 cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
                 train(cfg, run_dir, progress=False, device=device)
-                scored = score_model(
-                    run_dir / "model",
-                    all_template_facts(cfg),
-                    run_dir / "score",
-                    score or ScoreConfig(),
-                    device,
-                )
-                (run_dir / "score" / "known.json").write_text(
-                    json.dumps({"known_facts": scored["known_facts"]})
-                )
+                scored = score_groups(run_dir / "model", cfg, run_dir, score or ScoreConfig(), device)
+                known = {k: v for k, v in scored.items() if k.startswith("known_facts")}
+                (run_dir / "score" / "known.json").write_text(json.dumps(known))
             records.append(_record(name, seed, run_dir))
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
@@ -148,7 +183,11 @@ def _run_experiment(
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """variant -> metric -> (mean, standard deviation over seeds, number of seeds)."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    keys = ["val_loss", "held_out_fact_accuracy", "known_facts", *trial_metrics()]
+    keys = ["val_loss"] + [
+        f"{k}{suffix}"
+        for suffix in ("", TRAINED_FACTS)
+        for k in ("held_out_fact_accuracy", "known_facts", *trial_metrics())
+    ]
     for variant in dict.fromkeys(r["variant"] for r in records):
         rows = [r for r in records if r["variant"] == variant]
         out[variant] = {}

@@ -43,6 +43,7 @@ from legibility.devices import resolve_device
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import predict
+from legibility.metrics.table import TRAINED_FACTS
 from legibility.models.loading import LoadedModel
 from legibility.models.sites import Sites
 from legibility.store import clean_temp, make_dir, run_lock
@@ -58,6 +59,7 @@ from legibility.training.config import RunConfig, check_run
 from legibility.training.corpus import Corpus, build_corpus, data_digests
 from legibility.training.model import build_model
 from legibility.training.regularizers import Setup, StepContext, build_regularizers, recording
+from legibility.training.run_config import upgrade_resolved
 
 Callback = Callable[["Trainer", int], None]  # called after each completed step with that step's index
 
@@ -90,7 +92,7 @@ class Trainer:
         corpus: Corpus | None = None,
         device: str | torch.device | None = None,
     ):
-        """``eval_facts``: held-out facts sampled for fact accuracy; ``corpus``: reuse one built from the same
+        """``eval_facts``: facts of each group (held-out, objective) sampled for fact accuracy; ``corpus``: reuse one built from the same
         ``config.data`` (benchmarks build it once for many trainers); ``device``: ``"auto"`` (the default:
         CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, not part of the config."""
         check_run(config)
@@ -123,10 +125,12 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config.train)
         setup = Setup(self.model, self.sites, tok, self.corpus, config.train.seed, config.train.steps)
         self.regularizers = build_regularizers(config.regularizers, setup)
-        rng = random.Random(f"eval|{config.train.seed}")
-        facts = self.corpus.eval_facts
-        chosen = rng.sample(facts, min(eval_facts, len(facts)))
-        self.eval_queries = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
+        # metric suffix -> held-out-template queries of up to eval_facts facts of that group
+        self.eval_queries: dict[str, list] = {}
+        for suffix, facts in zip(("", TRAINED_FACTS), self.corpus.eval_split(), strict=True):
+            rng = random.Random(f"eval|{config.train.seed}{suffix}")
+            chosen = rng.sample(facts, min(eval_facts, len(facts)))
+            self.eval_queries[suffix] = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
         self.val = self.corpus.val_batches(
             config.train.eval_batches, config.train.batch_size, config.train.seq_len
         )
@@ -149,6 +153,7 @@ class Trainer:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
+        old = upgrade_resolved(old) if isinstance(old, dict) else old
         new = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
         if old != new:
             diff = config_diff(old, new)
@@ -309,15 +314,18 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Validation loss (the held-out tail of the stream), the loss on held-out text lines (when text is
-        configured) and top-1 accuracy on the held-out-template fact prompts."""
+        configured) and top-1 accuracy and mean p(correct) on the held-out-template prompts of held-out facts
+        (``fact_accuracy``, ``fact_p``: facts no objective saw) and of the objective facts
+        (``fact_accuracy.trained_facts``, ``fact_p.trained_facts``)."""
         self.model.eval()
         out = {"val_loss": self._mean_loss(self.val)}
         if self.text_val:
             out["text_val_loss"] = self._mean_loss(self.text_val)
-        if self.eval_queries:
-            pred = predict(self.lm, self.eval_queries)
-            out["fact_accuracy"] = float((pred.rank == 0).float().mean())
-            out["fact_p"] = float(pred.prob.mean())
+        for suffix, queries in self.eval_queries.items():
+            if queries:
+                pred = predict(self.lm, queries)
+                out[f"fact_accuracy{suffix}"] = float((pred.rank == 0).float().mean())
+                out[f"fact_p{suffix}"] = float(pred.prob.mean())
         return out
 
     def _mean_loss(self, batches: Sequence[Tensor]) -> float:

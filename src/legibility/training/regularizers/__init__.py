@@ -8,6 +8,7 @@ from legibility.training.regularizers.base import (
     Setup,
     StepContext,
     build_regularizers,
+    canonical_regularizers,
     parse_regularizers,
     recording,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Setup",
     "StepContext",
     "build_regularizers",
+    "canonical_regularizers",
     "parse_regularizers",
     "recording",
 ]

@@ -14,6 +14,7 @@ rises linearly to 1 over ``ramp`` (a fraction of the run). Regularizers whose fa
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -110,6 +111,8 @@ class RegularizerSpec:
 
 
 REGULARIZERS: Registry[RegularizerSpec] = Registry("regularizer")
+# old name -> new name; an old name still loads, with a FutureWarning
+RENAMED = {"dropout": "ffn_dropout"}
 
 
 def register(name: str, config: type, description: str) -> Callable[[type], type]:
@@ -134,12 +137,28 @@ def parse_regularizers(entries: list[dict]) -> list[tuple[str, RegularizerConfig
             )
         rest = dict(entry)
         name = rest.pop("name")
+        if name in RENAMED:
+            warnings.warn(
+                f"{where}.name: {name!r} is deprecated, write {RENAMED[name]!r} (the same dropout on the FFN "
+                "neurons)",
+                FutureWarning,
+                stacklevel=3,
+            )
+            name = RENAMED[name]
         if name not in REGULARIZERS:
             raise LegibilityError(
                 f"{where}.name: unknown regularizer {name!r}; available: {', '.join(REGULARIZERS.names())}"
             )
         out.append((name, from_dict(REGULARIZERS[name].config, rest, f"{where} ({name})")))
     return out
+
+
+def canonical_regularizers(entries: list[dict]) -> list[dict]:
+    """The entries with old regularizer names replaced by their new ones (what a run's config records)."""
+    return [
+        {**e, "name": RENAMED[e["name"]]} if isinstance(e, dict) and e.get("name") in RENAMED else e
+        for e in entries
+    ]
 
 
 def build_regularizers(entries: list[dict], setup: Setup) -> list[Regularizer[Any]]:

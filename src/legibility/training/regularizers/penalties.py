@@ -1,4 +1,4 @@
-"""Dropout, explicit dropout, activation decorrelation, activation and weight sparsity.
+"""FFN-neuron dropout, explicit dropout, activation decorrelation, activation and weight sparsity.
 
 Every penalty is a pure function of tensors (tested on hand-computed cases) wrapped by a registered
 Regularizer that applies it to the FFN activations or weights of each layer and averages over layers.
@@ -93,14 +93,20 @@ def _layer_mean(ctx: StepContext, fn) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DropoutConfig(RegularizerConfig):
-    """Dropout on the FFN neurons (on top of model.dropout); coef is unused, factor scales p."""
+class FfnDropoutConfig(RegularizerConfig):
+    """Dropout on the FFN neurons; coef is unused, the schedule's factor scales p."""
 
     p: float = 0.1  # drop probability at full strength
 
 
-@register("dropout", DropoutConfig, "dropout on FFN neurons during training")
-class NeuronDropout(Regularizer[DropoutConfig]):
+@register(
+    "ffn_dropout", FfnDropoutConfig, "dropout on the FFN neurons (the knowledge-neuron site), training only"
+)
+class FfnDropout(Regularizer[FfnDropoutConfig]):
+    """Inverted dropout on the FFN neuron site (the activation the attribution reads: GPT-2's ``mlp.act``
+    output, Llama's ``act(gate) * up``), at every position, in training mode only: the essay's dropout.
+    ``model.builtin_dropout`` (Hugging Face's) never reaches these neurons."""
+
     def forward(self, ctx: StepContext):
         p = self.config.p * self.factor(ctx.step, ctx.total_steps)
         if p <= 0 or not ctx.model.training:

@@ -1,6 +1,7 @@
 """The suppressability objective: train so that suppressing the most-attributed neurons removes a fact.
 
-For a batch of fact prompts (training templates), at each prompt's answer position:
+For a batch of fact prompts (training templates of the objective facts: ``data.fact_split`` holds the
+others out of every objective), at each prompt's answer position:
 
 1. attributions S [batch, layers, neurons] of p(correct) to the FFN activations A, differentiable in the
    parameters (``create_graph=True``): ``gxa`` = A * dp/dA, or ``ig`` = A * mean_k dp/dA at alpha_k * A,
@@ -200,15 +201,22 @@ def _loss(
 
 def fact_queries(setup: Setup, name: str) -> tuple[LoadedModel, list[tuple[str, str, Query]]]:
     """The model being trained, wrapped for the library, and (relation, fact id, first query) of every
-    prompt of the corpus' training facts whose target is a single token; the objectives sample these."""
+    prompt of the corpus' *objective* facts whose target is a single token; the objectives sample these.
+
+    Only objective facts (``corpus.objective_facts``) are rendered: a held-out fact (``data.fact_split``)
+    never reaches an objective, so the scorecard on held-out facts measures what the objective generalizes."""
     if setup.corpus is None or not setup.corpus.train_facts:
         raise LegibilityError(
             f"the {name} regularizer needs facts in the corpus (data.world or data.pararel)"
         )
+    facts = setup.corpus.objective_facts
+    if not facts:
+        raise LegibilityError(
+            f"the {name} regularizer has no objective facts: data.fact_split holds out every fact; lower "
+            "data.fact_split.held_out or give relations with two or more facts"
+        )
     lm = LoadedModel(setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=False)
-    queries = [
-        (f.relation, f.id, pq.queries[0]) for f in setup.corpus.train_facts for pq in render(lm, f).prompts
-    ]
+    queries = [(f.relation, f.id, pq.queries[0]) for f in facts for pq in render(lm, f).prompts]
     if not queries:
         raise LegibilityError(
             "no fact prompt renders to a single-token target; the objective has nothing to use"
