@@ -105,14 +105,14 @@ def test_weights_copied_over_with_a_preserved_mtime_are_hashed_again(model, tmp_
 
 
 def test_the_cache_is_used_for_an_unchanged_file(model, monkeypatch):
-    import legibility.models.identity as ident
+    import legibility.models.files as files
 
     weights = model / "model.safetensors"
     digest = sha256_file(weights, cached=True)
     reads = []
-    real = ident.sha256_file
-    monkeypatch.setattr(ident, "sha256_file", lambda p, **kw: reads.append(p) or real(p, **kw))
-    assert ident._cached_digests([weights]) == [digest]
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p, **kw: reads.append(p) or real(p, **kw))
+    assert files._cached_digests([weights]) == [digest]
     assert reads == []  # no read: the stamp matched
 
 

@@ -19,14 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from legibility.errors import LegibilityError
+from legibility.models.files import cache_dir, sha256_file
+
+__all__ = ["cache_dir", "convert_once", "find_gguf", "gguf_model_dir", "sha256"]
 
 # Files a finished conversion holds; a directory without them is not trusted.
 DONE = ("config.json", "model.safetensors")
-
-
-def cache_dir() -> Path:
-    """Root of legibility's caches: $LEGIBILITY_CACHE, else ~/.cache/legibility."""
-    return Path(os.environ.get("LEGIBILITY_CACHE", Path.home() / ".cache" / "legibility"))
 
 
 def find_gguf(path: str | os.PathLike) -> Path | None:
@@ -47,9 +45,7 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
 
 
 def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (a GGUF can be many GB: cached, see :mod:`legibility.models.identity`)."""
-    from legibility.models.identity import sha256_file
-
+    """Hex SHA-256 of a file (a GGUF can be many GB: cached, see :mod:`legibility.models.files`)."""
     return sha256_file(path, cached=True)
 
 
