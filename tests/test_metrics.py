@@ -110,7 +110,7 @@ def test_neuron_metrics_and_layer_histogram():
         {"fact_id": "d", "relation": "P2", "neurons": [], "n_prompts": 3, "min_prompts": 2},
         {"fact_id": "e", "relation": "P2", "neurons": [[5, 5]], "n_prompts": 1, "min_prompts": 2},  # too few
     ]
-    m = score_metrics(records, [])
+    m = score_metrics(records, None)
     assert m["neurons.per_fact"].value == pytest.approx(5 / 4)
     assert m["neurons.facts_with_any"].value == pytest.approx(0.75)
     assert m["neurons.overlap.same_relation"].value == pytest.approx(1.0)
@@ -178,6 +178,9 @@ def test_gaming_localizing_only_the_easy_facts():
     assert specific_scores_v1(effects).mean() == pytest.approx(1.0)
     m = _score(effects, without_neurons=8)
     assert m["specific_suppressability"].value == pytest.approx(0.2)
+    # a relation none of whose facts has neurons scores 0, it does not vanish from the per-relation table
+    records = _records(effects, 3, rel="P2")
+    assert score_metrics(records, effects)["specific_suppressability@P2"].value == 0.0
     assert m["specific_suppressability"].n == 10
     assert m["neurons.facts_with_any"].value == pytest.approx(0.2)
 

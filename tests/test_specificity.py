@@ -185,3 +185,37 @@ def test_methods_refuse_queries_without_what_they_need():
     with pytest.raises(LegibilityError, match="subject"):
         attribute(lm, [replace(q, subject_pos=-1)], "ig-subject")
     assert np.isfinite(float(attribute(lm, [q], "ig-subject", AttributionConfig(steps=2))[0].sum()))
+
+
+def test_effects_measured_in_one_pass_equal_each_group_measured_alone():
+    """fact_effects batches every prompt group of one intervention into one pass; each number equals the
+    plain measurement of its group alone (held-out, selection, each control)."""
+    from legibility.interventions import Intervention, group_by_layer
+    from legibility.metrics.effects import prompt_probs
+
+    lm = tiny_lm("gpt2")
+    facts = [render(lm, f) for f in tiny_facts()]
+    split = PromptSplit(holdout=0.5, seed=1)
+    kn = [(0, 3), (1, 7)]
+    rec = EffectRunner(lm, facts, EffectConfig(controls=2), split, seed=1).fact_effects(facts[0], kn)
+    by_id = {r.fact.id: r for r in facts}
+    sel, held = split.split(facts[0])
+
+    def mean(prompts, op=None, neurons=kn):
+        iv = Intervention(group_by_layer(neurons), op) if op else None
+        return float(prompt_probs(lm, prompts, iv).mean())
+
+    assert rec["before"] == pytest.approx(mean(held), rel=1e-5)
+    assert rec["own"]["suppress"]["kn"] == pytest.approx(mean(held, "suppress"), rel=1e-5)
+    assert rec["in_sample"]["amplify"]["kn"] == pytest.approx(mean(sel, "amplify"), rel=1e-5)
+    random_set = [tuple(n) for n in rec["neuron_sets"]["random"]]
+    assert rec["own"]["suppress"]["random"] == pytest.approx(mean(held, "suppress", random_set), rel=1e-5)
+    n = 0
+    for entries in rec["controls"].values():
+        for c in entries:
+            prompts = by_id[c["fact_id"]].prompts
+            assert c["before"] == pytest.approx(mean(prompts), rel=1e-5)
+            assert c["suppress"] == pytest.approx(mean(prompts, "suppress"), rel=1e-5)
+            assert c["amplify"] == pytest.approx(mean(prompts, "amplify"), rel=1e-5)
+            n += 1
+    assert n >= 4  # same relation and other relation, two each

@@ -163,7 +163,7 @@ def test_plan_files_are_checked(tmp_path):
     bad.write_text("hypotheses: []\ngoals: {}\n")
     with pytest.raises(LegibilityError, match="unknown key"):
         load_plan(bad)
-    assert len(PLAN.hypotheses) == 9 and PLAN.goal.at_least == 0.8
+    assert len(PLAN.hypotheses) == 10 and PLAN.goal.at_least == 0.8
 
 
 def test_report_writes_the_study(tmp_path):

@@ -255,12 +255,13 @@ def save_selection(out_dir: Path, selection: FactSelection) -> None:
 def write_scorecard(
     out_dir: str | Path,
     neuron_records: Sequence[dict],
-    effects: Sequence[dict],
+    effects: Sequence[dict] | None,
     settings: dict,
     extra: dict[str, dict] | None = None,
     seed: int = 0,
 ) -> dict:
-    """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones)."""
+    """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones);
+    ``effects`` None for a run that measured none."""
     out = Path(out_dir)
     card = {"metrics": {**scorecard(neuron_records, effects, seed), **(extra or {})}, "settings": settings}
     atomic_write_json(out / "scorecard.json", card)

@@ -537,7 +537,8 @@ def _run_locked(
             attribution=settings.attribution,
         )
         extra = {k: v.to_dict() for k, v in compute_metrics(list(settings.metrics), ctx).items()}
-    card = pipeline.write_scorecard(out, records, effects, key, extra, settings.seed)
+    measured = effects if settings.effects is not None else None
+    card = pipeline.write_scorecard(out, records, measured, key, extra, settings.seed)
     return RunResult(out, key, report, kept, records, effects, card, lm.sites.n_layers)
 
 

@@ -140,28 +140,68 @@ class EffectRunner:
         chosen = sorted(random.Random(f"{self.seed}|{r.fact.id}|controls").sample(range(len(r.prompts)), k))
         return [r.prompts[i] for i in chosen]
 
-    def _p(self, key: str, prompts: Sequence[PromptQueries], iv: Intervention | None) -> float:
-        """Mean p(correct) over ``prompts``; the unmodified p is cached under ``key``."""
-        if iv is None and key in self._baseline:
-            return self._baseline[key]
-        p = float(prompt_probs(self.lm, prompts, iv, self.cfg.batch_size).mean())
-        if iv is None:
-            self._baseline[key] = p
-        return p
+    def _means(self, groups: Sequence[Sequence[PromptQueries]], iv: Intervention | None) -> list[float]:
+        """Mean p(correct) of each group of prompts, all groups in one pass of the model (the same
+        intervention applies to all of them)."""
+        flat = [p for g in groups for p in g]
+        if not flat:
+            return [float("nan")] * len(groups)
+        probs = prompt_probs(self.lm, flat, iv, self.cfg.batch_size)
+        out, i = [], 0
+        for g in groups:
+            out.append(float(probs[i : i + len(g)].mean()))
+            i += len(g)
+        return out
+
+    def _baselines(self, groups: dict[str, Sequence[PromptQueries]]) -> dict[str, float]:
+        """Unmodified mean p of each keyed group, computed once per key for the whole run."""
+        todo = [k for k in groups if k not in self._baseline]
+        self._baseline.update(zip(todo, self._means([groups[k] for k in todo], None), strict=True))
+        return {k: self._baseline[k] for k in groups}
 
     def _intervention(self, neurons: Sequence[Neuron], op: Op) -> Intervention:
         return Intervention(group_by_layer(list(neurons)), op, where=self.where)  # type: ignore[arg-type]
 
     def fact_effects(self, fact: RenderedFact, neurons: Sequence[Neuron]) -> dict:
-        """A JSON-ready record of p before/after every intervention for one fact."""
+        """A JSON-ready record of p before/after every intervention for one fact.
+
+        Every prompt group that one intervention applies to (the fact's held-out and selection prompts, all
+        its control facts' prompts) is measured in one pass: seven passes per fact."""
         lm, cfg = self.lm, self.cfg
         fid = fact.fact.id
         selection, heldout = self.split.split(fact)
+        in_sample = self.split.holdout > 0
         sets = {
             "kn": list(neurons),
             "random": random_neurons(neurons, lm.sites.n_neurons, f"{self.seed}|{fid}"),
             "activation": activation_neurons(lm, selection, len(neurons), cfg.batch_size),
         }
+        controls = [
+            (tier, r, self._control_prompts(r)) for tier, rs in self._controls(fact).items() for r in rs
+        ]
+        before = self._baselines(
+            {
+                f"{fid}|heldout": heldout,
+                **({f"{fid}|selection": selection} if in_sample else {}),
+                **{f"{r.fact.id}|control": prompts for _, r, prompts in controls},
+            }
+        )
+        own: dict[str, dict[str, float]] = {op: {} for op in OPS}
+        sample: dict[str, dict[str, float]] = {op: {} for op in OPS}
+        after: dict[str, list[float]] = {}
+        for op in OPS:
+            for name, chosen in sets.items():
+                groups: list[Sequence[PromptQueries]] = [heldout]
+                if in_sample and name != "activation":
+                    groups.append(selection)
+                if name == "kn":
+                    groups += [prompts for _, _, prompts in controls]
+                means = self._means(groups, self._intervention(chosen, op))
+                own[op][name] = means[0]
+                if in_sample and name != "activation":
+                    sample[op][name] = means[1]
+                if name == "kn":
+                    after[op] = means[-len(controls) :] if controls else []
         record: dict = {
             "fact_id": fid,
             "relation": fact.fact.relation,
@@ -169,32 +209,19 @@ class EffectRunner:
             "object": fact.fact.object,
             "n_neurons": len(neurons),
             "prompts": {"selection": len(selection), "heldout": len(heldout)},
-            "before": self._p(f"{fid}|heldout", heldout, None),
-            "own": {op: {} for op in OPS},
-            "controls": {},
+            "before": before[f"{fid}|heldout"],
+            "own": own,
+            "controls": {tier: [] for tier in TIERS},
             "neuron_sets": {k: [list(n) for n in v] for k, v in sets.items() if k != "kn"},
         }
-        for op in OPS:
-            for name, chosen in sets.items():
-                record["own"][op][name] = self._p("", heldout, self._intervention(chosen, op))
-        if self.split.holdout > 0:
-            record["in_sample"] = {"before": self._p(f"{fid}|selection", selection, None)}
-            for op in OPS:
-                record["in_sample"][op] = {
-                    name: self._p("", selection, self._intervention(sets[name], op))
-                    for name in ("kn", "random")
-                }
-        for tier, facts in self._controls(fact).items():
-            entries = []
-            for r in facts:
-                prompts = self._control_prompts(r)
-                entry = {
-                    "fact_id": r.fact.id,
-                    "relation": r.fact.relation,
-                    "before": self._p(f"{r.fact.id}|control", prompts, None),
-                }
-                for op in OPS:
-                    entry[op] = self._p("", prompts, self._intervention(neurons, op))
-                entries.append(entry)
-            record["controls"][tier] = entries
+        if in_sample:
+            record["in_sample"] = {"before": before[f"{fid}|selection"], **sample}
+        for i, (tier, r, _) in enumerate(controls):
+            entry = {
+                "fact_id": r.fact.id,
+                "relation": r.fact.relation,
+                "before": before[f"{r.fact.id}|control"],
+            }
+            entry.update({op: after[op][i] for op in OPS})
+            record["controls"][tier].append(entry)
         return record

@@ -100,7 +100,7 @@ def counted(records: Sequence[dict]) -> list[dict]:
 def per_fact(inp: ScoreInputs, term: str, in_sample: bool = False) -> np.ndarray | None:
     """``term`` ("specific" or "own_excess") of every fact that counts, 0 for a fact without neurons;
     None when the run measured no effects (neurons only)."""
-    if not inp.effects:
+    if not inp.measured or not counted(inp.records):
         return None
     by_id = {e["fact_id"]: e for e in inp.effects}
     values = []
@@ -373,16 +373,19 @@ def layer_histogram(records: Sequence[dict], n_layers: int) -> np.ndarray:
 
 
 def score_metrics(
-    neuron_records: Sequence[dict], effects: Sequence[dict], seed: int = 0
+    neuron_records: Sequence[dict], effects: Sequence[dict] | None, seed: int = 0
 ) -> dict[str, Estimate]:
-    """Every registered scorecard metric of a run's records (and per relation where the entry says so)."""
-    whole = ScoreInputs(neuron_records, effects, seed)
+    """Every registered scorecard metric of a run's records (and per relation where the entry says so);
+    ``effects`` None: the run measured none (a relation or run whose facts have no neurons has ``[]``)."""
+    measured, effects = effects is not None, list(effects or [])
+    whole = ScoreInputs(neuron_records, effects, seed, measured)
     relations = sorted({r["relation"] for r in neuron_records} | {e["relation"] for e in effects})
     subsets = {
         rel: ScoreInputs(
             [r for r in neuron_records if r["relation"] == rel],
             [e for e in effects if e["relation"] == rel],
             seed,
+            measured,
         )
         for rel in relations
     }
@@ -401,7 +404,7 @@ def score_metrics(
     return out
 
 
-def scorecard(neuron_records: Sequence[dict], effects: Sequence[dict], seed: int = 0) -> dict[str, dict]:
+def scorecard(neuron_records: Sequence[dict], effects: Sequence[dict] | None, seed: int = 0) -> dict[str, dict]:
     """metric name -> {value, ci_low, ci_high, n}."""
     return {k: v.to_dict() for k, v in score_metrics(neuron_records, effects, seed).items()}
 

@@ -49,6 +49,7 @@ class ScoreInputs:
     records: Sequence[dict]  # knowledge-neuron records of the facts that count (enough prompts)
     effects: Sequence[dict]  # effect records of the facts that have knowledge neurons
     seed: int = 0  # bootstrap resampling
+    measured: bool = True  # the run measured effects (False: neurons only, no effect metric applies)
 
 
 ScoreFn = Callable[[ScoreInputs], "Estimate | None"]  # None: the metric does not apply to these records
