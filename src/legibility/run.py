@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -235,9 +236,11 @@ def facts_digest(inputs: Inputs | Sequence[Fact]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
 def check_model_name(name: str) -> None:
     """Fail fast on a model name that cannot load: a close match for a misspelt embedded name, and a quick
-    error (instead of minutes of hub retries) for a hub id that is neither cached nor reachable."""
+    error (instead of minutes of hub retries) for a hub id that is neither cached nor reachable. A name that
+    passed is not checked again in this process (the hub probe takes up to 2 s)."""
     from legibility.models.embedded import EMBEDDED
 
     if name in EMBEDDED or Path(name).expanduser().exists():
@@ -387,13 +390,15 @@ def run(
 ) -> RunResult:
     """Run (or resume) the whole job into ``out_dir`` and return its results.
 
-            Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as ``facts`` (e.g. a trained model's
-            world); ``lm`` is an already loaded model (else ``settings.model`` is loaded). ``force``: when
-            ``out_dir`` holds a run with another key, start it over instead of refusing (a run with the same key
-            always resumes). ``shard`` spreads the neuron and effect stages over workers (Ray); it does not change the
-        result, so it is not part of the key; nor is ``device`` (where ``settings.model`` is loaded: "auto", "cpu",
-    "cuda", ...), whereas ``settings.dtype`` is. ``log`` receives one-line progress notes (the CLI prints
-            them). Raises :class:`LegibilityError` on bad input, before anything is written.
+    Facts come from ``source`` (a facts file or PARAREL, or its :func:`load_inputs`) or are given as
+    ``facts`` (e.g. a trained model's world); ``lm`` is an already loaded model (else ``settings.model`` is
+    loaded). ``force``: when ``out_dir`` holds a run with another key, start it over instead of refusing (a
+    run with the same key always resumes). ``shard`` spreads the known-fact, neuron and effect stages over
+    workers (Ray); it does not change the result, so it is not part of the key; nor is ``device`` (where
+    ``settings.model`` is loaded: "auto", "cpu", "cuda", ...), whereas ``settings.dtype`` is. ``log``
+    receives one-line progress notes (the CLI prints them). Raises :class:`LegibilityError` on bad input,
+    before anything is written. The CLI makes the cheap checks (``--out``, the facts, the model name) before
+    it imports torch; they are these functions, and cost nothing the second time (the hub probe is cached).
     """
     settings.validate()
     out = check_writable(out_dir)
