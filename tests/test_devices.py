@@ -98,10 +98,12 @@ def default_device_meta() -> Iterator[None]:
 
 def queries(lm, n: int = 3):
     """First queries of the tiny facts' prompts, with the relation's other objects (contrastive IG needs
-    them) and the subject position (subject-token IG needs it) filled in by render/with_contrast."""
+    them), other subjects' prompts (attribution patching's baselines) and the subject position (subject-token
+    IG needs it) filled in by render/with_contrast/with_baselines."""
     from legibility.attribution.contrastive import with_contrast
+    from legibility.attribution.patching import with_baselines
 
-    rendered = with_contrast([render(lm, f) for f in tiny_facts()])
+    rendered = with_contrast(with_baselines(lm, [render(lm, f) for f in tiny_facts()], 2))
     return [p.queries[0] for r in rendered[:2] for p in r.prompts][:n]
 
 

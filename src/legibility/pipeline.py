@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from legibility.attribution import AttributionConfig, attribute_prompts
-from legibility.attribution.contrastive import with_contrast
+from legibility.attribution import AttributionConfig, attribute_prompts, prepare_facts
 from legibility.facts.render import render
 from legibility.facts.types import Fact, RenderedFact
 from legibility.forward import predict
@@ -193,7 +192,7 @@ def find_neurons(
 
     ``shard`` spreads the facts over Ray workers that load ``model`` themselves (see :mod:`legibility.sharding`).
     """
-    facts = with_contrast(facts)  # the relation's other objects, for contrastive attribution
+    facts = prepare_facts(lm, facts, method, attribution)  # what the method's registry entry needs
     stage = NeuronStage(method, attribution, neurons or NeuronConfig())
     store = JsonlStore(Path(out_dir) / "neurons.jsonl", required=NEURON_KEYS)
     return map_facts(
