@@ -75,9 +75,14 @@ Prepare = Callable[[LoadedModel, Sequence[RenderedFact], AttributionConfig], lis
 
 @dataclass(frozen=True)
 class MethodInfo:
+    """An attribution method and what its callers must know about it."""
+
     fn: Method
     exact: bool  # True: gives the reference integrated-gradients scores (up to float error)
     description: str
+    # where the neurons it finds act, hence where suppression must act: "answer" (the answer position) or
+    # "all" (every position, for neurons located elsewhere, e.g. at the last subject token)
+    where: str = "answer"
     # What the method needs beyond a fact's own queries (the relation's other objects, other subjects'
     # prompts), filled in from all the run's facts before any is attributed; None: nothing
     prepare: Prepare | None = None

@@ -1,16 +1,20 @@
 """Per-fact effects of suppressing and amplifying knowledge neurons, with controls.
 
-For a fact f with knowledge neurons K (paper protocol, intervention at the answer position only):
+For a fact f with knowledge neurons K (paper protocol: intervention at the answer position only, or at
+every position for methods that locate neurons elsewhere), every p below is measured on f's *held-out*
+prompts (:class:`legibility.facts.split.PromptSplit`), which did not choose K:
 
-* own: p(correct) of f's prompts with K suppressed (x0) / amplified (x2), against the unmodified model;
+* own: p(correct) with K suppressed (x0) / amplified (x2), against the unmodified model;
 * controls on f: the same for *random* neurons (same count per layer as K, seeded by the fact) and for
-  *activation-selected* neurons (the |K| neurons with the largest mean activation over f's prompts);
-* specificity: K of f suppressed / amplified, measured on three control tiers of other facts: ``same``
-  (same relation, other subject), ``same_subject`` (same subject, other relation; only where the subject
-  has kept facts in other relations, else the tier is empty) and ``other`` (other relation and other
-  subject).
+  *activation-selected* neurons (the |K| neurons with the largest mean activation over f's selection
+  prompts);
+* in-sample: the own and random interventions on f's selection prompts (to size the selection bias);
+* collateral: K suppressed / amplified, measured on other facts in four disjoint tiers (see
+  :data:`legibility.metrics.scorecard.TIERS`): ``same_object`` (same object), ``same_subject`` (same
+  subject, other object), ``same_relation`` (same relation, other subject and object) and
+  ``other_relation`` (other relation, subject and object). A tier is empty where the pool has no such fact.
 
-p(correct) of a prompt is the product over its target tokens (one for single-token targets); a fact's p is
+p(correct) of a prompt is the product over its target tokens (one for single-token targets); a set's p is
 the mean over its prompts. Relative change = (p_after - p_before) / p_before.
 """
 
@@ -23,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from legibility.facts.types import PromptQueries, RenderedFact
+from legibility.facts.split import PromptSplit
+from legibility.facts.types import Fact, PromptQueries, RenderedFact
 from legibility.forward import answer_activations, predict
 from legibility.interventions import Intervention, Op, group_by_layer
+from legibility.metrics.scorecard import TIERS
 from legibility.models.loading import LoadedModel
 from legibility.neurons import Neuron
 
@@ -37,15 +43,9 @@ CONTROLS = ("kn", "random", "activation")
 class EffectConfig:
     """Which control measurements accompany each fact."""
 
-    n_same: int = 3  # other facts of the same relation on which the fact's neurons are tested
-    n_other: int = 3  # facts of other relations and other subjects on which they are tested
-    n_same_subject: int = 3  # facts of the same subject in other relations (where the subject has any)
-    control_prompts: int = 4  # prompts used per control fact (all prompts are used for the fact itself)
-    seed: int = 0  # sampling of random neurons and control facts
+    controls: int = 3  # control facts per collateral tier (fewer where the pool has fewer)
+    control_prompts: int | None = None  # prompts per control fact, a seeded sample (None: all its prompts)
     batch_size: int = 64
-    # where the neurons are intervened on: "answer" (paper protocol) or "all" positions (for neurons
-    # located at another position, e.g. the last subject token)
-    where: str = "answer"
 
 
 def prompt_probs(
@@ -89,29 +89,59 @@ def activation_neurons(
     return sorted((int(i) // acts.shape[1], int(i) % acts.shape[1]) for i in top)
 
 
-class EffectRunner:
-    """Measures :func:`fact_effects` for many facts, caching the unmodified p of control facts."""
+def control_tier(fact: Fact, other: Fact) -> str | None:
+    """The collateral tier of ``other`` for ``fact`` (None for the fact itself)."""
+    if other.id == fact.id:
+        return None
+    if other.object == fact.object:
+        return "same_object"
+    if other.subject == fact.subject:
+        return "same_subject"
+    if other.relation == fact.relation:
+        return "same_relation"
+    return "other_relation"
 
-    def __init__(self, lm: LoadedModel, pool: Sequence[RenderedFact], config: EffectConfig | None = None):
+
+class EffectRunner:
+    """Measures :meth:`fact_effects` for many facts, caching the unmodified p of control facts.
+
+    ``where``: the positions the neurons are intervened on, "answer" (paper protocol) or "all" (neurons
+    located at another position; the attribution method's registry entry says which)."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        pool: Sequence[RenderedFact],
+        config: EffectConfig | None = None,
+        split: PromptSplit | None = None,
+        seed: int = 0,
+        where: str = "answer",
+    ):
         self.lm = lm
         self.cfg = config or EffectConfig()
+        self.split = split or PromptSplit()
+        self.seed = seed
+        self.where = where
         self.pool = list(pool)
         self._baseline: dict[str, float] = {}
 
     def _controls(self, fact: RenderedFact) -> dict[str, list[RenderedFact]]:
-        rng = random.Random(f"{self.cfg.seed}|{fact.fact.id}")
-        rel, subj = fact.fact.relation, fact.fact.subject
-        same = [r for r in self.pool if r.fact.relation == rel and r.fact.id != fact.fact.id]
-        other = [r for r in self.pool if r.fact.relation != rel and r.fact.subject != subj]
-        same_subject = [r for r in self.pool if r.fact.relation != rel and r.fact.subject == subj]
-        return {
-            "same": rng.sample(same, min(self.cfg.n_same, len(same))),
-            "other": rng.sample(other, min(self.cfg.n_other, len(other))),
-            "same_subject": rng.sample(same_subject, min(self.cfg.n_same_subject, len(same_subject))),
-        }
+        rng = random.Random(f"{self.seed}|{fact.fact.id}")
+        tiers: dict[str, list[RenderedFact]] = {t: [] for t in TIERS}
+        for r in self.pool:
+            if (tier := control_tier(fact.fact, r.fact)) is not None:
+                tiers[tier].append(r)
+        return {t: rng.sample(c, min(self.cfg.controls, len(c))) for t, c in tiers.items()}
 
-    def _p(self, r: RenderedFact, prompts: Sequence[PromptQueries], iv: Intervention | None) -> float:
-        key = f"{r.fact.id}|{len(prompts)}"  # control facts use only their first prompts
+    def _control_prompts(self, r: RenderedFact) -> list[PromptQueries]:
+        k = self.cfg.control_prompts
+        if k is None or k >= len(r.prompts):
+            return list(r.prompts)
+        chosen = sorted(random.Random(f"{self.seed}|{r.fact.id}|controls").sample(range(len(r.prompts)), k))
+        return [r.prompts[i] for i in chosen]
+
+    def _p(self, key: str, prompts: Sequence[PromptQueries], iv: Intervention | None) -> float:
+        """Mean p(correct) over ``prompts``; the unmodified p is cached under ``key``."""
         if iv is None and key in self._baseline:
             return self._baseline[key]
         p = float(prompt_probs(self.lm, prompts, iv, self.cfg.batch_size).mean())
@@ -119,35 +149,52 @@ class EffectRunner:
             self._baseline[key] = p
         return p
 
+    def _intervention(self, neurons: Sequence[Neuron], op: Op) -> Intervention:
+        return Intervention(group_by_layer(list(neurons)), op, where=self.where)  # type: ignore[arg-type]
+
     def fact_effects(self, fact: RenderedFact, neurons: Sequence[Neuron]) -> dict:
         """A JSON-ready record of p before/after every intervention for one fact."""
         lm, cfg = self.lm, self.cfg
+        fid = fact.fact.id
+        selection, heldout = self.split.split(fact)
         sets = {
             "kn": list(neurons),
-            "random": random_neurons(neurons, lm.sites.n_neurons, f"{cfg.seed}|{fact.fact.id}"),
-            "activation": activation_neurons(lm, fact.prompts, len(neurons), cfg.batch_size),
+            "random": random_neurons(neurons, lm.sites.n_neurons, f"{self.seed}|{fid}"),
+            "activation": activation_neurons(lm, selection, len(neurons), cfg.batch_size),
         }
         record: dict = {
-            "fact_id": fact.fact.id,
+            "fact_id": fid,
             "relation": fact.fact.relation,
+            "subject": fact.fact.subject,
+            "object": fact.fact.object,
             "n_neurons": len(neurons),
-            "before": self._p(fact, fact.prompts, None),
+            "prompts": {"selection": len(selection), "heldout": len(heldout)},
+            "before": self._p(f"{fid}|heldout", heldout, None),
             "own": {op: {} for op in OPS},
-            "same": [],
-            "other": [],
-            "same_subject": [],
+            "controls": {},
             "neuron_sets": {k: [list(n) for n in v] for k, v in sets.items() if k != "kn"},
         }
         for op in OPS:
             for name, chosen in sets.items():
-                iv = Intervention(group_by_layer(chosen), op, where=cfg.where)  # type: ignore[arg-type]
-                record["own"][op][name] = self._p(fact, fact.prompts, iv)
-        for group, facts in self._controls(fact).items():
+                record["own"][op][name] = self._p("", heldout, self._intervention(chosen, op))
+        if self.split.holdout > 0:
+            record["in_sample"] = {"before": self._p(f"{fid}|selection", selection, None)}
+            for op in OPS:
+                record["in_sample"][op] = {
+                    name: self._p("", selection, self._intervention(sets[name], op))
+                    for name in ("kn", "random")
+                }
+        for tier, facts in self._controls(fact).items():
+            entries = []
             for r in facts:
-                prompts = r.prompts[: cfg.control_prompts]
-                entry = {"fact_id": r.fact.id, "before": self._p(r, prompts, None)}
+                prompts = self._control_prompts(r)
+                entry = {
+                    "fact_id": r.fact.id,
+                    "relation": r.fact.relation,
+                    "before": self._p(f"{r.fact.id}|control", prompts, None),
+                }
                 for op in OPS:
-                    iv = Intervention(group_by_layer(list(neurons)), op, where=cfg.where)  # type: ignore[arg-type]
-                    entry[op] = self._p(r, prompts, iv)
-                record[group].append(entry)
+                    entry[op] = self._p("", prompts, self._intervention(neurons, op))
+                entries.append(entry)
+            record["controls"][tier] = entries
         return record

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from legibility.metrics.table import names
 from legibility.report.plotting import pyplot
 
 # (column, label, True when higher is better)
@@ -132,27 +133,13 @@ def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
     return out
 
 
-# Scorecard and training columns of the agreement matrix (besides every independent metric).
-AGREEMENT_CORE = (
-    "suppressability",
-    "fact_accuracy",
-    "val_loss",
-    "suppression.own",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "amplification.own",
-    "neurons.per_fact",
-)
-
-
 def agreement_keys(rows: Sequence[dict]) -> list[str]:
     """Metrics present in enough trials to correlate: the core columns, then every independent metric."""
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
         for k in trial_metrics(r):
             counts[k] += 1
-    head = [k for k in AGREEMENT_CORE if counts.get(k, 0) >= 3]
+    head = [k for k in names("agreement") if counts.get(k, 0) >= 3]
     independent = sorted(k for k in counts if k.startswith("independent.") and counts[k] >= 3)
     return head + independent
 

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from legibility.metrics.scorecard import HEADLINE
+from legibility.metrics.table import names
 from legibility.report.html import CSS, IMAGES_CHECK, _img
 from legibility.run import check_finished
 
@@ -55,8 +55,11 @@ def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
         f"{m}@{r}"
         for r in relations
         for m in (
+            "specific_suppressability",
             "suppression.own.ratio_of_means",
             "suppression.random.ratio_of_means",
+            "collateral.same_relation",
+            "collateral.other_relation",
             "amplification.own.ratio_of_means",
         )
     ]
@@ -74,9 +77,9 @@ def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{len(records)} facts; settings: <code>{html.escape(json.dumps(settings, sort_keys=True))}</code></p>
-<h2>Scorecard</h2>{_table(metrics, list(HEADLINE))}
+<h2>Scorecard</h2>{_table(metrics, list(names("card")))}
 {figs}
-<h2>Per relation (ratio of means)</h2>{_table(metrics, per_rel)}
+<h2>Per relation</h2>{_table(metrics, per_rel)}
 {"<h2>Knowledge neurons as key-value memories</h2>" + cards_html if cards_html else ""}
 {IMAGES_CHECK}
 </body></html>

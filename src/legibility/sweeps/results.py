@@ -22,17 +22,24 @@ CREATE TABLE IF NOT EXISTS trials (
   overrides JSON, config JSON, train JSON, metrics JSON,
   started TIMESTAMP, finished TIMESTAMP, train_s DOUBLE, score_s DOUBLE, error VARCHAR
 );
-CREATE OR REPLACE VIEW trials_flat AS SELECT
-  trial_id, sweep, variant, seed, status, train_s, score_s, error,
-  CAST(json_extract(train, '$.val_loss') AS DOUBLE) AS val_loss,
-  CAST(json_extract(train, '$.text_val_loss') AS DOUBLE) AS text_val_loss,
-  CAST(json_extract(train, '$.fact_accuracy') AS DOUBLE) AS fact_accuracy,
-  CAST(json_extract(metrics, '$.suppressability.value') AS DOUBLE) AS suppressability,
-  CAST(json_extract(metrics, '$.specific_suppressability.value') AS DOUBLE) AS specific_suppressability,
-  CAST(json_extract(metrics, '$."suppression.own".value') AS DOUBLE) AS suppression_own,
-  CAST(json_extract(metrics, '$."neurons.per_fact".value') AS DOUBLE) AS neurons_per_fact
-FROM trials;
 """
+
+
+def view_sql() -> str:
+    """The SQL view ``trials_flat``: the trial's columns and one column per metric of the table's
+    ``column`` view (dots become underscores), read from the training record or the scorecard."""
+    from legibility.metrics.table import info, names
+
+    cols = []
+    for name in names("column"):
+        path = f'$."{name}"' if "." in name else f"$.{name}"
+        if info(name).source == "train":
+            expr = f"json_extract(train, '{path}')"
+        else:
+            expr = f"json_extract(metrics, '{path}.value')"
+        cols.append(f"  CAST({expr} AS DOUBLE) AS {name.replace('.', '_')}")
+    head = "  trial_id, sweep, variant, seed, status, train_s, score_s, error"
+    return "CREATE OR REPLACE VIEW trials_flat AS SELECT\n" + ",\n".join([head, *cols]) + "\nFROM trials;"
 
 
 STALE = "stale:"  # status prefix of rows the sweep's current config no longer produces
@@ -59,6 +66,7 @@ class ResultsStore:
         self.con = self._connect(read_only)
         if not read_only:
             self.con.execute(SCHEMA)
+            self.con.execute(view_sql())
 
     def _connect(self, read_only: bool):
         import duckdb

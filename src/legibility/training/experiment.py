@@ -25,6 +25,7 @@ from legibility.attribution import AttributionConfig
 from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
+from legibility.metrics.table import info, names
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
 from legibility.run import KnownConfig, RunSettings, run
@@ -78,16 +79,9 @@ def score_model(
     return {"known_facts": len(result.facts), "metrics": result.scorecard["metrics"]}
 
 
-METRICS = (
-    "suppressability",
-    "specific_suppressability",
-    "suppression.own",
-    "suppression.random",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "neurons.per_fact",
-)
+def trial_metrics() -> list[str]:
+    """The scorecard metrics a training run's record keeps (the metric table's ``trial`` view)."""
+    return [k for k in names("trial") if info(k).source == "scorecard"]
 
 
 def _record(name: str, seed: int, run_dir: Path) -> dict:
@@ -102,7 +96,9 @@ def _record(name: str, seed: int, run_dir: Path) -> dict:
         "known_facts": known,
         "device": final.get("device"),  # where it trained (runs from before devices were recorded: None)
     }
-    rec.update({k: card[k]["value"] if k in card else None for k in METRICS})
+    rec.update(
+        {k: card[k]["value"] if k in card else None for k in names("trial") if info(k).source == "scorecard"}
+    )
     return rec
 
 
@@ -142,7 +138,7 @@ def run_experiment(
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """variant -> metric -> (mean, standard deviation over seeds, number of seeds)."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    keys = ["val_loss", "held_out_fact_accuracy", "known_facts", *METRICS]
+    keys = ["val_loss", "held_out_fact_accuracy", "known_facts", *trial_metrics()]
     for variant in dict.fromkeys(r["variant"] for r in records):
         rows = [r for r in records if r["variant"] == variant]
         out[variant] = {}
