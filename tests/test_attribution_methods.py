@@ -57,6 +57,25 @@ def test_relp_equals_the_written_out_reference(family):
         assert (gxa[i] - ref).abs().max() > 0.05 * ref.abs().max()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_token_gradients_equal_the_whole_prompt_backward(family, monkeypatch):
+    """The engine path (prefix cached, only the answer token run again from block 0's site) gives the
+    gradients of the whole prompt's forward and backward, plain and under RelP's rules."""
+    from legibility.attribution import engine, patching
+
+    lm = tiny_lm(family)
+    qs = first_queries(rendered(lm), 7)
+    fast = [
+        patching.answer_gradients(lm, qs, 4, rules)
+        for rules in (patching.plain_gradients, relevance.relevance_rules)
+    ]
+    monkeypatch.setitem(engine.TAILS, lm.model.config.model_type, None)
+    for (acts, grads), rules in zip(fast, (patching.plain_gradients, relevance.relevance_rules), strict=True):
+        ref_acts, ref_grads = patching.answer_gradients(lm, qs, 4, rules)
+        assert_close(acts, ref_acts)
+        assert_close(grads, ref_grads)
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_relp_rules_leave_the_forward_values_unchanged(family):
     lm = tiny_lm(family)

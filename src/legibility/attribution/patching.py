@@ -55,20 +55,80 @@ def answer_gradients(
     lm: LoadedModel, queries: Sequence[Query], batch_size: int, rules: BackwardRules = plain_gradients
 ) -> tuple[Tensor, Tensor]:
     """(activations, gradients), each [n_queries, n_layers, n_neurons]: every layer's FFN activation at the
-    answer position and d p(target) / d that activation at the clean point, from one forward and one backward
-    per batch of ``batch_size`` queries, the backward pass modified by ``rules``."""
+    answer position and d p(target) / d that activation at the clean point, the backward pass modified by
+    ``rules``; ``batch_size`` queries at a time.
+
+    On the engine (:mod:`legibility.attribution.engine`, every family of the table): one clean forward of
+    the batch records each block's inputs and caches the prompts' prefixes; then only the answer token runs
+    forward and backward again (causal LMs: nothing before the answer position depends on its activations),
+    from the site of block 0. Families without an engine tail run the whole prompt forward and backward.
+    """
+    from legibility.attribution import engine
     from legibility.attribution.fast import frozen_params
 
-    acts, grads = [], []
+    tail = engine.tail_for(lm)
+    n = len(queries)
+    acts = torch.empty(n, lm.sites.n_layers, lm.sites.n_neurons, device=lm.device)
+    grads = torch.empty_like(acts)
+    # same mode (cached prefix or not) together, similar lengths together (less padding)
+    order = sorted(range(n), key=lambda i: (engine.is_cached(lm, queries[i]), len(queries[i].input_ids)))
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if (
+            g is not None
+            and len(g) < max(1, batch_size)
+            and engine.is_cached(lm, queries[g[0]]) == engine.is_cached(lm, queries[i])
+        ):
+            g.append(i)
+        else:
+            groups.append([i])
     with frozen_params(lm):
-        for start in range(0, len(queries), batch_size):
-            a, g = _answer_gradients_batch(lm, queries[start : start + batch_size], rules)
-            acts.append(a)
-            grads.append(g)
-    return torch.cat(acts), torch.cat(grads)
+        for idx in groups:
+            chosen = [queries[i] for i in idx]
+            if tail is None:
+                a, g_ = _whole_prompt_gradients(lm, chosen, rules)
+            else:
+                a, g_ = _answer_token_gradients(lm, tail, chosen, rules)
+            where = torch.tensor(idx, dtype=torch.long, device=lm.device)
+            acts[where] = a
+            grads[where] = g_
+    return acts, grads
 
 
-def _answer_gradients_batch(
+def _answer_token_gradients(
+    lm: LoadedModel, tail, queries: Sequence[Query], rules: BackwardRules
+) -> tuple[Tensor, Tensor]:
+    from legibility.attribution import engine
+
+    n_layers = lm.sites.n_layers
+    pack = engine.clean_pack(lm, queries)  # no grad: prefixes cached, block inputs recorded
+    rows = torch.arange(len(queries), device=lm.device)
+    targets = torch.tensor([q.target_id for q in queries], dtype=torch.long, device=lm.device)
+    # A zero added at each layer's answer position: its gradient is the total derivative of p with respect
+    # to that layer's activation.
+    deltas = torch.zeros(len(rows), n_layers, lm.sites.n_neurons, device=lm.device, requires_grad=True)
+    with torch.enable_grad(), rules(lm) as site_rule:
+
+        def add(layer: int):
+            def fn(a: Tensor) -> Tensor:  # a [rows, t, n_neurons]; the answer at pack.pos
+                a = site_rule(a).clone()
+                a[rows, pack.pos] = a[rows, pack.pos] + deltas[:, layer].to(a.dtype)
+                return a
+
+            return fn
+
+        # every row starts at block 0 with its clean site activation (+ delta); later sites get theirs
+        points = pack.acts[:, 0] + deltas[:, 0]
+        with lm.sites.patch({layer: add(layer) for layer in range(1, n_layers)}):
+            logits = engine.rows_logits(lm, tail, pack, [0] * len(rows), points, rows)
+    with torch.enable_grad():
+        probs = logits.float().softmax(-1)[rows, targets]
+        (g,) = torch.autograd.grad(probs.sum(), deltas)
+    return pack.acts, g
+
+
+def _whole_prompt_gradients(
     lm: LoadedModel, queries: Sequence[Query], rules: BackwardRules
 ) -> tuple[Tensor, Tensor]:
     n_layers = lm.sites.n_layers

@@ -23,8 +23,8 @@ of the prompt, as for ``grad-x-act``:
 
 The objective is p(target) at the answer position, as for ``ig`` and ``grad-x-act`` (its softmax is the
 objective, not a layer: no rule applies to it). The rules hold for every family of the architecture table;
-:func:`relevance_rules` checks at each forward that it modified one attention per block and at least one
-activation per block, and refuses a model where it did not (e.g. flash attention).
+:func:`relevance_rules` checks at each forward that it modified an attention and an activation in (at least)
+every block after the first, and refuses a model where it did not (e.g. flash attention).
 """
 
 from __future__ import annotations
@@ -159,11 +159,11 @@ def relevance_rules(lm: LoadedModel) -> Iterator[SiteRule]:
     finally:
         for h in handles:
             h.remove()
-    n = lm.sites.n_layers
+    n = max(1, lm.sites.n_layers - 1)  # block 0's attention does not run when rows start at its site
     if counts["attention"] < n or counts["activation"] < n:
         raise LegibilityError(
             f"relp modified {counts['attention']} attention and {counts['activation']} activation calls in "
-            f"a model of {n} blocks; it needs eager or sdpa attention and activation modules or functional "
+            f"a model of {lm.sites.n_layers} blocks; it needs eager or sdpa attention and activation modules or functional "
             "GELU/SiLU/ReLU (load the model with attn_implementation='sdpa')"
         )
 
