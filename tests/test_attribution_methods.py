@@ -215,3 +215,31 @@ def test_prefilter_stage_is_selectable_and_exact_on_its_layers(first):
         assert_close(two[i, idx], exact[i, idx])
     with pytest.raises(LegibilityError, match="own first stage"):
         attribute(lm, qs, "ig-prefilter", dataclasses.replace(cfg, prefilter="ig-prefilter"))
+
+
+# ------------------------------------------------------------------------------------------------- ablation
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2", "bert"])
+def test_rowwise_suppression_equals_one_intervention_at_a_time(family):
+    from legibility.attribution.ablation import suppressed_probs
+    from legibility.forward import predict
+    from legibility.interventions import Intervention, group_by_layer
+
+    lm = tiny_lm(family)
+    qs = [p.queries[0] for r in rendered(lm) for p in r.prompts][:5]
+    rng = random.Random(0)
+    n = lm.sites.n_neurons
+    sets = [[], [(0, 1)], [(layer, rng.randrange(n)) for layer in range(lm.sites.n_layers) for _ in range(5)]]
+    sets.append([(lm.sites.n_layers - 1, i) for i in range(n)])  # a whole layer: a large effect
+    rows = [(q, s) for q in range(len(qs)) for s in range(len(sets))]
+    got = suppressed_probs(lm, qs, sets, rows, batch_size=7)
+    for s, chosen in enumerate(sets):
+        if chosen:
+            with Intervention(group_by_layer(chosen), "suppress").apply(lm):
+                expected = predict(lm, qs).prob
+        else:
+            expected = predict(lm, qs).prob
+        mine = got[[r for r, (_, s2) in enumerate(rows) if s2 == s]]
+        torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-7)
+    assert (got[3::4] - got[0::4]).abs().max() > 1e-3  # the whole-layer set changes p: not vacuous

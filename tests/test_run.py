@@ -258,9 +258,7 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
     if "reversed-test" not in EXECUTORS:
         EXECUTORS.register("reversed-test")(reversed_executor)
     facts = load_jsonl_facts(_facts_file(tmp_path / "f.jsonl", 4))
-    settings = RunSettings(
-        known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(controls=1)
-    )
+    settings = RunSettings(known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(controls=1))
     from legibility.attribution import AttributionConfig
 
     settings = dataclasses.replace(settings, attribution=AttributionConfig(steps=2))
@@ -273,7 +271,7 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         figures=False,
         shard=ShardConfig("reversed-test"),
     )
-    assert len(calls) == 2
+    assert len(calls) == 3  # the known-fact scan, the neurons and the effects all go through the executor
     assert [r["fact_id"] for r in res.neuron_records] == [r.fact.id for r in res.facts]
     lines = (tmp_path / "o" / "neurons.jsonl").read_text().splitlines()
     assert [json.loads(x)["fact_id"] for x in lines] == [r.fact.id for r in reversed(res.facts)]

@@ -231,7 +231,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
-    p = sub.add_parser("metrics", help="list the scorecard's and the independent metrics with their definitions")
+    p = sub.add_parser(
+        "metrics", help="list the scorecard's and the independent metrics with their definitions"
+    )
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
     p.add_argument("--to", default=None, help="target folder (default: the cache)")
     return parser

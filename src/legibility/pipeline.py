@@ -7,7 +7,9 @@ restarted with the same ``out_dir`` continues where it stopped without recomputi
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,12 +28,13 @@ from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.run import KnownConfig
-from legibility.sharding import ModelSpec, ShardConfig, map_facts
+from legibility.sharding import ModelSpec, ShardConfig, map_facts, ray_runtime
 from legibility.store import JsonlStore, atomic_write_json
 
 __all__ = [
     "EffectStage",
     "KnownConfig",
+    "KnownStage",
     "NeuronStage",
     "find_neurons",
     "measure_effects",
@@ -50,6 +53,43 @@ class FactSelection:
     report: dict = field(default_factory=dict)
 
 
+def known_needed(n_prompts: int, min_share: float) -> int:
+    """The fewest known prompts out of ``n_prompts`` whose share reaches ``min_share`` (n + 1: never)."""
+    return next((k for k in range(n_prompts + 1) if k / n_prompts >= min_share), n_prompts + 1)
+
+
+@dataclass(frozen=True)
+class KnownStage:
+    """Compute factory of the known-fact check: ``KnownStage(known)(lm)(rendered_fact) -> record``.
+
+    A fact is known when the target is within the model's top ``known.top_k`` on at least ``known.min_share``
+    of its usable prompts (a multi-token prompt: on every target token). Prompts are asked in rounds of as
+    many as could still decide the answer, and the check stops once it is decided (the decision is the one
+    all prompts would give). Plain data, so :func:`legibility.sharding.map_facts` can send it to workers.
+    """
+
+    known: KnownConfig = field(default_factory=KnownConfig)
+
+    def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
+        cfg = self.known
+
+        def compute(r: RenderedFact) -> dict:
+            n = len(r.prompts)
+            need = known_needed(n, cfg.min_share)
+            hits = asked = 0
+            while hits < need and (asked - hits) <= n - need and asked < n:
+                chunk = r.prompts[asked : asked + min(need - hits, n - need + 1 - (asked - hits))]
+                ranks = predict(lm, [q for p in chunk for q in p.queries]).rank
+                i = 0
+                for p in chunk:  # a multi-token prompt is known when every target token is
+                    hits += int(ranks[i : i + len(p.queries)].max()) < cfg.top_k
+                    i += len(p.queries)
+                asked += len(chunk)
+            return {"fact_id": r.fact.id, "known": hits >= need, "asked": asked}
+
+        return compute
+
+
 def select_known(
     lm: LoadedModel,
     facts: Sequence[Fact],
@@ -59,10 +99,19 @@ def select_known(
     seed: int = 0,
     progress: bool = True,
     check: Callable[[RenderedFact], None] | None = None,
+    *,
+    store: str | Path | None = None,
+    model: ModelSpec | None = None,
+    shard: ShardConfig | None = None,
 ) -> FactSelection:
     """Render facts for the model and keep the ones it knows; report how many were dropped and why.
 
     ``check`` is called on each rendered fact before the model runs it (e.g. to refuse over-long prompts).
+    The model's checks run as a map over facts (:func:`legibility.sharding.map_facts`): ``shard`` spreads
+    them over workers that load ``model``; ``store`` (a JSONL file) keeps each fact's answer as it comes, so
+    a killed scan resumes. Facts are examined per relation in a seeded random order; with a ``limit``, the
+    first ``limit`` known ones are kept and the facts after them are not examined (they are checked in
+    chunks, so a few may be computed and stored without being counted).
     """
     cfg = known or KnownConfig()
     by_rel: dict[str, list[Fact]] = defaultdict(list)
@@ -70,7 +119,6 @@ def select_known(
         by_rel[f.relation].append(f)
     dropped: Counter[str] = Counter()
     prompt_skips: Counter[str] = Counter()
-    kept: list[RenderedFact] = []
     examined = 0
     pools = {}
     for rel, candidates in by_rel.items():
@@ -80,36 +128,58 @@ def select_known(
         )  # a limit takes a random sample, not the file's first rows
         pools[rel] = pool if cfg.limit is None else pool[: cfg.limit * cfg.scan]
     total = sum(len(p) for p in pools.values())
-    bar = tqdm(total=total, desc="checking which facts the model knows", disable=not progress, unit="fact")
-    for candidates in pools.values():
-        n_kept = 0
-        for fact in candidates:
-            if cfg.limit is not None and n_kept >= cfg.limit:
+    bar = tqdm(total=total, desc="known facts examined", disable=not progress, unit="fact")
+    stage = KnownStage(cfg)
+    n_kept = dict.fromkeys(pools, 0)
+    kept_in: dict[str, list[RenderedFact]] = {rel: [] for rel in pools}
+    start = dict.fromkeys(pools, 0)
+    chunk = None if cfg.limit is None else max(cfg.limit, 16)
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "known.jsonl"
+        answers = JsonlStore(store, required=("known",))
+        if shard is not None and shard.executor == "ray":  # one runtime for every round
+            stack.enter_context(ray_runtime(shard.address))
+        # Rounds: each relation still short of its limit contributes its next chunk of candidates (all of
+        # them without a limit), and the model checks the round's facts in one map.
+        while True:
+            rels = [
+                rel
+                for rel, pool in pools.items()
+                if start[rel] < len(pool) and (cfg.limit is None or n_kept[rel] < cfg.limit)
+            ]
+            if not rels:
                 break
-            examined += 1
-            bar.update(1)
-            r = render(lm, fact, multi_token)
-            prompt_skips.update(r.skipped)
-            if not r.prompts:
-                dropped[f"no usable prompt ({', '.join(sorted(r.skipped))})"] += 1
-                continue
-            if len(r.prompts) < min_prompts:
-                dropped[f"fewer than {min_prompts} usable prompts"] += 1
-                continue
+            rendered: dict[str, list[RenderedFact]] = {}
+            for rel in rels:
+                end = len(pools[rel]) if chunk is None else start[rel] + chunk
+                rendered[rel] = [render(lm, f, multi_token) for f in pools[rel][start[rel] : end]]
+                start[rel] += len(rendered[rel])
+            usable = [
+                r for rs in rendered.values() for r in rs if r.prompts and len(r.prompts) >= min_prompts
+            ]
             if check is not None:
-                check(r)
-            flat = [q for p in r.prompts for q in p.queries]
-            ranks = predict(lm, flat).rank
-            worst, i = [], 0
-            for p in r.prompts:  # a multi-token prompt is known when every target token is
-                worst.append(int(ranks[i : i + len(p.queries)].max()))
-                i += len(p.queries)
-            share = sum(w < cfg.top_k for w in worst) / len(worst)
-            if share < cfg.min_share:
-                dropped["not known by the model"] += 1
-                continue
-            kept.append(r)
-            n_kept += 1
+                for r in usable:
+                    check(r)
+            records = map_facts(stage, usable, answers, lm=lm, model=model, shard=shard, progress=progress)
+            answer = {rec["fact_id"]: rec["known"] for rec in records}
+            for rel in rels:
+                for r in rendered[rel]:
+                    if cfg.limit is not None and n_kept[rel] >= cfg.limit:
+                        break
+                    examined += 1
+                    bar.update(1)
+                    prompt_skips.update(r.skipped)
+                    if not r.prompts:
+                        dropped[f"no usable prompt ({', '.join(sorted(r.skipped))})"] += 1
+                    elif len(r.prompts) < min_prompts:
+                        dropped[f"fewer than {min_prompts} usable prompts"] += 1
+                    elif not answer[r.fact.id]:
+                        dropped["not known by the model"] += 1
+                    else:
+                        kept_in[rel].append(r)
+                        n_kept[rel] += 1
+    kept = [r for rel in pools for r in kept_in[rel]]  # relation by relation, as examined
     bar.close()
     report = {
         "facts_in": len(facts),
