@@ -32,7 +32,9 @@ a markdown summary (``OUT/summary.md``) and the figure ``--figure``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -55,7 +57,16 @@ from legibility.metrics.stats import mean_estimate
 from legibility.neurons import NeuronConfig, knowledge_neurons
 from legibility.pipeline import KnownConfig, select_known
 
-METHODS = ["ig", "ig-prefilter", "relp", "grad-x-act", "atp-mean", "atp-corrupt"]
+# "name:first" is ig-prefilter with that first stage
+METHODS = [
+    "ig",
+    "ig-prefilter:relp",
+    "ig-prefilter:grad-x-act",
+    "relp",
+    "grad-x-act",
+    "atp-mean",
+    "atp-corrupt",
+]
 EXACT = "ig"
 
 
@@ -152,8 +163,10 @@ def measure_fact(lm, fact, pool, methods, args, split, cfg, check: bool) -> dict
     )
     times, scores = {}, {}
     for m in order:
+        name, _, first = m.partition(":")
+        mcfg = dataclasses.replace(cfg, prefilter=first) if first else cfg
         t = time.perf_counter()
-        scores[m] = attribute_prompts(lm, sel, m, cfg).cpu()  # [selection prompts, layers, neurons]
+        scores[m] = attribute_prompts(lm, sel, name, mcfg).cpu()  # [selection prompts, layers, neurons]
         times[m] = time.perf_counter() - t
     means = {m: s.mean(0) for m, s in scores.items()}
     refined = {
@@ -251,6 +264,11 @@ def sample_facts(lm, args):
         return pool, saved["sample"], saved["report"]
     known = KnownConfig(limit=args.per_relation, scan=args.scan)
     sel = select_known(lm, facts, known, min_prompts=max(2, split.min_prompts), seed=args.seed)
+    # relations with one known fact have no same-relation control and no other subject for atp's baselines
+    subjects: dict[str, set[str]] = {}
+    for r in sel.kept:
+        subjects.setdefault(r.fact.relation, set()).add(r.fact.subject)
+    sel.kept = [r for r in sel.kept if len(subjects[r.fact.relation]) > 1]
     ids = [r.fact.id for r in sel.kept]
     sample = sorted(random.Random(args.seed).sample(ids, min(args.facts, len(ids))), key=ids.index)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,12 +416,11 @@ def figure(agg: dict, methods: list[str], ks: list[int], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--facts", type=int, default=36, help="facts in the sample")
-    ap.add_argument("--per-relation", type=int, default=3, help="known facts per relation in the pool")
+    ap.add_argument("--per-relation", type=int, default=5, help="known facts per relation in the pool")
     ap.add_argument(
         "--scan", type=int, default=20, help="candidates examined per kept fact (KnownConfig.scan)"
     )
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--prefilter", default="relp", help="first stage of ig-prefilter")
     ap.add_argument("--ks", default="1-32", help="k values: '1-32' or a comma list")
     ap.add_argument("--candidates", type=int, default=32, help="top neurons per method for the true effects")
     ap.add_argument("--controls", type=int, default=2, help="control facts per tier")
@@ -422,7 +439,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("highest")
     lm = load_model("smollm2-135m")
     pool, sample, report = sample_facts(lm, args)
-    cfg = AttributionConfig(steps=args.steps, prefilter=args.prefilter)
+    cfg = AttributionConfig(steps=args.steps)
     prepared = prepare_facts(lm, pool, "atp-mean", cfg)  # baselines for atp-*; others ignore them
     by_id = {r.fact.id: r for r in prepared}
     args._order = {fid: i for i, fid in enumerate(sample)}
@@ -443,6 +460,7 @@ def main() -> None:
     agg = aggregate(records, methods, args.ks)
     agg["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     agg["torch_threads"] = torch.get_num_threads()
+    agg["load_average_at_end"] = os.getloadavg()
     Path(args.out, "results.json").write_text(json.dumps(agg, indent=1))
     text = summary(agg, methods, report, args)
     Path(args.out, "summary.md").write_text(text)

@@ -243,3 +243,11 @@ def test_rowwise_suppression_equals_one_intervention_at_a_time(family):
         mine = got[[r for r, (_, s2) in enumerate(rows) if s2 == s]]
         torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-7)
     assert (got[3::4] - got[0::4]).abs().max() > 1e-3  # the whole-layer set changes p: not vacuous
+
+
+def test_baselines_refuse_a_relation_with_one_subject():
+    lm = tiny_lm("llama")
+    facts = rendered(lm)
+    alone = [facts[0], *[r for r in facts if r.fact.relation != facts[0].fact.relation]]
+    with pytest.raises(LegibilityError, match=f"relation {facts[0].fact.relation} has only"):
+        prepare_facts(lm, alone, "atp-mean", CFG)

@@ -210,6 +210,12 @@ def with_baselines(lm: LoadedModel, facts: Sequence[RenderedFact], k: int) -> li
     by_rel: dict[str, list[RenderedFact]] = defaultdict(list)
     for r in facts:
         by_rel[r.fact.relation].append(r)
+    for rel, group in by_rel.items():
+        if len({r.fact.subject for r in group}) < 2:
+            raise LegibilityError(
+                f"attribution patching against other subjects needs two facts with different subjects in each "
+                f"relation; relation {rel} has only {group[0].fact.id!r}: add facts or use another method"
+            )
     out = []
     for r in facts:
         others = sorted(
