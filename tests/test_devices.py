@@ -157,6 +157,23 @@ def test_every_attribution_method_creates_tensors_on_the_model_device(family, me
     assert scores.device == lm.device and scores.shape == (3, lm.sites.n_layers, lm.sites.n_neurons)
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_batched_ablations_and_the_known_check_stay_on_the_model_device(family):
+    from legibility.attribution.ablation import suppressed_probs
+    from legibility.pipeline import KnownConfig, KnownStage
+
+    lm = tiny_lm(family)
+    qs = queries(lm)
+    sets = [[], [(0, 1), (1, 2)]]
+    rows = [(q, s) for q in range(len(qs)) for s in range(2)]
+    fact = render(lm, tiny_facts()[0])
+    for guard in (on_model_device_only, default_device_meta):
+        with guard():
+            probs = suppressed_probs(lm, qs, sets, rows)
+            KnownStage(KnownConfig(top_k=5))(lm)(fact)
+        assert probs.device == lm.device
+
+
 def test_generic_engine_fallback_and_prompts_api(monkeypatch):
     from legibility.attribution import engine
 
