@@ -14,6 +14,8 @@ from pathlib import Path
 from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
 
+# Cheap independent metrics computed by default (no extra attribution runs).
+DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
 # Commands whose parsers need no other package: parsing them imports nothing heavy.
 LIGHT_COMMANDS = {"neurons", "score", "sweep", "report", "results", "methods", "metrics", "download-pararel"}
 
@@ -167,9 +169,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics",
-        default="default",
-        help="independent metrics to add to the scorecard: comma-separated names, 'default' (the cheap ones "
-        "marked so in `legibility metrics`), 'all' or 'none' (default: %(default)s)",
+        default=DEFAULT_METRICS,
+        help="independent metrics to add to the scorecard: comma-separated names, 'all' or 'none' "
+        "(default: %(default)s; see `legibility metrics`)",
     )
     if not light:
         from legibility.training import command as train_command
@@ -229,9 +231,7 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
-    p = sub.add_parser(
-        "metrics", help="list the scorecard's and the independent metrics with their definitions"
-    )
+    p = sub.add_parser("metrics", help="list the scorecard's and the independent metrics with their definitions")
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
     p.add_argument("--to", default=None, help="target folder (default: the cache)")
     return parser
@@ -286,11 +286,6 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
             "the model knows none of the selected facts; try other --relations, a larger --limit, "
             "or a looser --known-top-k/--known-share"
         )
-    from legibility.report.figures import draw_run_figures
-
-    draw_run_figures(
-        result.out_dir, result.neuron_records, result.scorecard["metrics"], result.n_layers, args.model
-    )
     _print_card(result.scorecard["metrics"])
     print(
         f"\nresults in {result.out_dir}/: neurons.jsonl, scorecard.json, layers.png"
@@ -321,15 +316,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 def _metric_names(args: argparse.Namespace) -> list[str]:
     """Parse and check --metrics before any expensive work."""
     from legibility.metrics.independent import INDEPENDENT
-    from legibility.metrics.spec import default_metrics
 
     raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if raw in ([], ["none"]):
         return []
     if raw == ["all"]:
         return INDEPENDENT.names()
-    if raw == ["default"]:
-        return default_metrics()
     for name in raw:
         INDEPENDENT[name]  # unknown name: LegibilityError listing the known ones
     return raw
@@ -407,10 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             print("Independent metrics (--metrics):\n")
             for name in INDEPENDENT:
                 spec = INDEPENDENT[name]
-                default = ", computed by default" if spec.default else ""
                 print(
-                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit}{default})\n"
-                    f"  {spec.definition}\n"
+                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit})\n  {spec.definition}\n"
                 )
             return 0
         if args.command == "methods":
@@ -456,11 +446,7 @@ def _report(path: Path, cards: int, baseline: str | None = None, hypotheses: str
         return write_report(path, baseline=baseline, plan=plan)
     from legibility.report.run_report import write_run_report
 
-    if cards:
-        from legibility.editing.memory import write_run_cards
-
-        write_run_cards(path, cards)
-    return write_run_report(path)
+    return write_run_report(path, cards)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from legibility.attribution import engine
 from legibility.attribution.base import METHODS, AttributionConfig, MethodInfo
+from legibility.attribution.fast import frozen_params
 from legibility.errors import LegibilityError
 from legibility.facts.render import render_prompt
 from legibility.facts.types import OBJECT, SUBJECT, PromptQueries, Query, RenderedFact
@@ -63,9 +65,6 @@ def answer_gradients(
     forward and backward again (causal LMs: nothing before the answer position depends on its activations),
     from the site of block 0. Families without an engine tail run the whole prompt forward and backward.
     """
-    from legibility.attribution import engine
-    from legibility.attribution.fast import frozen_params
-
     tail = engine.tail_for(lm)
     n = len(queries)
     acts = torch.empty(n, lm.sites.n_layers, lm.sites.n_neurons, device=lm.device)
@@ -97,10 +96,8 @@ def answer_gradients(
 
 
 def _answer_token_gradients(
-    lm: LoadedModel, tail, queries: Sequence[Query], rules: BackwardRules
+    lm: LoadedModel, tail: engine.Tail, queries: Sequence[Query], rules: BackwardRules
 ) -> tuple[Tensor, Tensor]:
-    from legibility.attribution import engine
-
     n_layers = lm.sites.n_layers
     pack = engine.clean_pack(lm, queries)  # no grad: prefixes cached, block inputs recorded
     rows = torch.arange(len(queries), device=lm.device)

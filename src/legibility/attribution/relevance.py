@@ -168,13 +168,9 @@ def relevance_rules(lm: LoadedModel) -> Iterator[SiteRule]:
         )
 
 
-def _relp(lm, queries, config):
-    return patching_method(0, relevance_rules, "relp")(lm, queries, config)
-
-
 METHODS.register("relp")(
     MethodInfo(
-        _relp,
+        patching_method(0, relevance_rules, "relp"),
         exact=False,
         description="relevance patching: activation x gradient with LRP rules (norm scale, attention weights "
         "constant; identity rule for activations; half rule for gated products), one forward + backward",

@@ -375,9 +375,7 @@ def study_markdown(study: dict) -> str:
     ]
     goal_head = f"Goal ({goal['metric']} >= {goal['at_least']} at <= {goal['cost_nats']} nats)"
     if reached:
-        out.append(
-            f"{goal_head}: reached by {', '.join(c['variant'] + ' at ' + c['label'] for c in reached)}."
-        )
+        out.append(f"{goal_head}: reached by {', '.join(c['variant'] + ' at ' + c['label'] for c in reached)}.")
     elif best:
         out.append(
             f"{goal_head}: not reached. Closest: {best['variant']} at {best['label']}, {goal['metric']} "
