@@ -13,7 +13,7 @@ from helpers import tiny_facts, tiny_lm
 from legibility.facts.render import render
 from legibility.facts.types import Fact
 from legibility.forward import predict
-from legibility.pipeline import KnownConfig, KnownStage, known_needed, select_known
+from legibility.pipeline import FactGroup, KnownConfig, KnownStage, known_needed, select_known
 
 
 def many_facts() -> list[Fact]:
@@ -94,40 +94,57 @@ def test_scan_selects_what_the_driver_only_scan_selected(cfg, min_prompts, tmp_p
 
 
 def test_known_check_stops_once_decided_with_the_decision_of_all_prompts():
+    """Facts checked together in shared batches, each asked only until its answer is decided."""
     lm = tiny_lm("llama")
-    stage = KnownStage(KnownConfig(top_k=8, min_share=0.5))(lm)
+    facts = [render(lm, f) for f in many_facts()]
+    rec = KnownStage(KnownConfig(top_k=8, min_share=0.5))(lm)(FactGroup.of(facts))
+    assert rec["fact_id"] == FactGroup.of(facts).id != FactGroup.of(facts[1:]).id
     asked_fewer, decisions = 0, Counter()
-    for f in many_facts():
-        r = render(lm, f)
+    for r in facts:
         ranks = predict(lm, [p.queries[0] for p in r.prompts]).rank
         full = (ranks < 8).sum().item() >= known_needed(len(r.prompts), 0.5)
-        rec = stage(r)
-        assert rec["known"] == full
-        asked_fewer += rec["asked"] < len(r.prompts)
-        decisions[rec["known"]] += 1
+        assert rec["known"][r.fact.id] == full
+        asked_fewer += rec["asked"][r.fact.id] < len(r.prompts)
+        decisions[full] += 1
     assert asked_fewer > 0 and decisions[True] and decisions[False]  # early exits, both answers
     assert known_needed(3, 0.5) == 2 and known_needed(4, 0.5) == 2 and known_needed(2, 1.0) == 2
     assert known_needed(5, 0.0) == 0
 
 
-def test_scan_resumes_from_its_store_without_asking_the_model_again(tmp_path, monkeypatch):
+def test_scan_killed_midway_resumes_from_its_store(tmp_path, monkeypatch):
     lm = tiny_lm("llama")
     facts = many_facts()
     cfg = KnownConfig(top_k=8, min_share=0.5)
     store = tmp_path / "known.jsonl"
-    first = select_known(lm, facts[:10], cfg, seed=1, progress=False, store=store)  # as if killed here
-    asked = []
     real = KnownStage.__call__
+    done: list[str] = []
+
+    def dies_after_two_groups(self, lm):
+        compute = real(self, lm)
+
+        def run(group):
+            if len(done) == 2:
+                raise KeyboardInterrupt  # as a kill: nothing after the second group is written
+            done.append(group.id)
+            return compute(group)
+
+        return run
+
+    monkeypatch.setattr(KnownStage, "__call__", dies_after_two_groups)
+    with pytest.raises(KeyboardInterrupt):
+        select_known(lm, facts, cfg, seed=1, progress=False, store=store, group=4)
+    assert len(store.read_text().splitlines()) == 2
+    asked: list[str] = []
 
     def counting(self, lm):
         compute = real(self, lm)
-        return lambda r: (asked.append(r.fact.id), compute(r))[1]
+        return lambda group: (asked.append(group.id), compute(group))[1]
 
     monkeypatch.setattr(KnownStage, "__call__", counting)
-    whole = select_known(lm, facts, cfg, seed=1, progress=False, store=store)
-    usable = {f.id for f in facts if len(render(lm, f).prompts) >= 2}
-    assert first.report["examined"] == 10
-    assert sorted(asked) == sorted(usable - {f.id for f in facts[:10]})  # only what the first run had not
-    fresh = select_known(lm, facts, cfg, seed=1, progress=False, store=tmp_path / "fresh.jsonl")
-    assert [r.fact.id for r in whole.kept] == [r.fact.id for r in fresh.kept]
-    assert whole.report == fresh.report and whole.kept
+    resumed = select_known(lm, facts, cfg, seed=1, progress=False, store=store, group=4)
+    usable = [f for f in facts if len(render(lm, f).prompts) >= 2]
+    assert len(asked) == -(-len(usable) // 4) - 2 and not set(asked) & set(done)  # only the rest
+    monkeypatch.setattr(KnownStage, "__call__", real)
+    fresh = select_known(lm, facts, cfg, seed=1, progress=False, store=tmp_path / "fresh.jsonl", group=5)
+    assert [r.fact.id for r in resumed.kept] == [r.fact.id for r in fresh.kept]
+    assert resumed.report == fresh.report and resumed.kept

@@ -8,6 +8,7 @@ restarted with the same ``out_dir`` continues where it stopped without recomputi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import tempfile
 from collections import Counter, defaultdict
@@ -33,6 +34,7 @@ from legibility.store import JsonlStore, atomic_write_json
 
 __all__ = [
     "EffectStage",
+    "FactGroup",
     "KnownConfig",
     "KnownStage",
     "NeuronStage",
@@ -59,33 +61,62 @@ def known_needed(n_prompts: int, min_share: float) -> int:
 
 
 @dataclass(frozen=True)
+class FactGroup:
+    """Facts checked together (their prompts share batches): one item of the known-fact map."""
+
+    id: str  # derived from the member fact ids (the key of the group's record)
+    facts: tuple[RenderedFact, ...]
+
+    @classmethod
+    def of(cls, facts: Sequence[RenderedFact]) -> FactGroup:
+        digest = hashlib.sha256("\n".join(r.fact.id for r in facts).encode()).hexdigest()[:16]
+        return cls(f"group:{digest}", tuple(facts))
+
+
+@dataclass(frozen=True)
 class KnownStage:
-    """Compute factory of the known-fact check: ``KnownStage(known)(lm)(rendered_fact) -> record``.
+    """Compute factory of the known-fact check: ``KnownStage(known)(lm)(group) -> record``, the record
+    holding each fact's answer (``known``: fact id -> bool, ``asked``: fact id -> prompts asked).
 
     A fact is known when the target is within the model's top ``known.top_k`` on at least ``known.min_share``
-    of its usable prompts (a multi-token prompt: on every target token). Prompts are asked in rounds of as
-    many as could still decide the answer, and the check stops once it is decided (the decision is the one
-    all prompts would give). Plain data, so :func:`legibility.sharding.map_facts` can send it to workers.
+    of its usable prompts (a multi-token prompt: on every target token). Prompts are asked in rounds: each
+    undecided fact of the group adds as many of its next prompts as could still decide its answer, all of
+    them go through the model in shared batches, and a fact stops once it is decided (the decision all its
+    prompts would give). Plain data, so :func:`legibility.sharding.map_facts` can send it to workers.
     """
 
     known: KnownConfig = field(default_factory=KnownConfig)
 
-    def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
+    def __call__(self, lm: LoadedModel) -> Callable[[FactGroup], dict]:
         cfg = self.known
 
-        def compute(r: RenderedFact) -> dict:
-            n = len(r.prompts)
-            need = known_needed(n, cfg.min_share)
-            hits = asked = 0
-            while hits < need and (asked - hits) <= n - need and asked < n:
-                chunk = r.prompts[asked : asked + min(need - hits, n - need + 1 - (asked - hits))]
-                ranks = predict(lm, [q for p in chunk for q in p.queries]).rank
-                i = 0
-                for p in chunk:  # a multi-token prompt is known when every target token is
-                    hits += int(ranks[i : i + len(p.queries)].max()) < cfg.top_k
-                    i += len(p.queries)
-                asked += len(chunk)
-            return {"fact_id": r.fact.id, "known": hits >= need, "asked": asked}
+        def compute(group: FactGroup) -> dict:
+            facts = group.facts
+            need = [known_needed(len(r.prompts), cfg.min_share) for r in facts]
+            hits, asked = [0] * len(facts), [0] * len(facts)
+
+            def open_(i: int) -> bool:
+                n = len(facts[i].prompts)
+                return hits[i] < need[i] and asked[i] - hits[i] <= n - need[i] and asked[i] < n
+
+            while pending := [i for i in range(len(facts)) if open_(i)]:
+                chunks = []
+                for i in pending:
+                    n, misses = len(facts[i].prompts), asked[i] - hits[i]
+                    take = min(need[i] - hits[i], n - need[i] + 1 - misses)
+                    chunks.append((i, facts[i].prompts[asked[i] : asked[i] + take]))
+                ranks = predict(lm, [q for _, chunk in chunks for p in chunk for q in p.queries]).rank
+                j = 0
+                for i, chunk in chunks:
+                    for p in chunk:  # a multi-token prompt is known when every target token is
+                        hits[i] += int(ranks[j : j + len(p.queries)].max()) < cfg.top_k
+                        j += len(p.queries)
+                    asked[i] += len(chunk)
+            return {
+                "fact_id": group.id,
+                "known": {r.fact.id: hits[i] >= need[i] for i, r in enumerate(facts)},
+                "asked": {r.fact.id: asked[i] for i, r in enumerate(facts)},
+            }
 
         return compute
 
@@ -103,13 +134,14 @@ def select_known(
     store: str | Path | None = None,
     model: ModelSpec | None = None,
     shard: ShardConfig | None = None,
+    group: int = 32,
 ) -> FactSelection:
     """Render facts for the model and keep the ones it knows; report how many were dropped and why.
 
     ``check`` is called on each rendered fact before the model runs it (e.g. to refuse over-long prompts).
     The model's checks run as a map over facts (:func:`legibility.sharding.map_facts`): ``shard`` spreads
-    them over workers that load ``model``; ``store`` (a JSONL file) keeps each fact's answer as it comes, so
-    a killed scan resumes. Facts are examined per relation in a seeded random order; with a ``limit``, the
+    them over workers that load ``model``, ``group`` facts per item (their prompts share batches); ``store``
+    (a JSONL file) keeps each group's answers as they come, so a killed scan resumes. Facts are examined per relation in a seeded random order; with a ``limit``, the
     first ``limit`` known ones are kept and the facts after them are not examined (they are checked in
     chunks, so a few may be computed and stored without being counted).
     """
@@ -161,8 +193,18 @@ def select_known(
             if check is not None:
                 for r in usable:
                     check(r)
-            records = map_facts(stage, usable, answers, lm=lm, model=model, shard=shard, progress=progress)
-            answer = {rec["fact_id"]: rec["known"] for rec in records}
+            groups = [FactGroup.of(usable[i : i + group]) for i in range(0, len(usable), group)]
+            records = map_facts(
+                stage,
+                groups,
+                answers,
+                lm=lm,
+                model=model,
+                shard=shard,
+                desc="known-fact checks",
+                progress=progress,
+            )
+            answer = {fid: known for rec in records for fid, known in rec["known"].items()}
             for rel in rels:
                 for r in rendered[rel]:
                     if cfg.limit is not None and n_kept[rel] >= cfg.limit:
