@@ -263,7 +263,14 @@ def sample_facts(lm, args):
         pool = [render(lm, by_id[i]) for i in saved["pool"]]
         return pool, saved["sample"], saved["report"]
     known = KnownConfig(limit=args.per_relation, scan=args.scan)
-    sel = select_known(lm, facts, known, min_prompts=max(2, split.min_prompts), seed=args.seed)
+    sel = select_known(
+        lm,
+        facts,
+        known,
+        min_prompts=max(2, split.min_prompts),
+        seed=args.seed,
+        store=Path(args.out) / "known.jsonl",  # a killed scan resumes
+    )
     # relations with one known fact have no same-relation control and no other subject for atp's baselines
     subjects: dict[str, set[str]] = {}
     for r in sel.kept:
@@ -440,7 +447,7 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     pool, sample, report = sample_facts(lm, args)
     cfg = AttributionConfig(steps=args.steps)
-    prepared = prepare_facts(lm, pool, "atp-mean", cfg)  # baselines for atp-*; others ignore them
+    prepared = prepare_facts(lm, pool, "atp-mean", cfg)  # baselines for atp-*, relp-*; others ignore them
     by_id = {r.fact.id: r for r in prepared}
     args._order = {fid: i for i, fid in enumerate(sample)}
     split = PromptSplit(seed=args.seed)

@@ -220,6 +220,12 @@ def reference_logits(lm: LoadedModel, query: Query, rules: bool = False) -> Tens
 
 def relp_reference(lm: LoadedModel, query: Query) -> Tensor:
     """RelP scores [n_layers, n_neurons]: activation x d p(target) / d activation through the rules."""
+    acts, grads = relp_reference_gradients(lm, query)
+    return acts * grads
+
+
+def relp_reference_gradients(lm: LoadedModel, query: Query) -> tuple[Tensor, Tensor]:
+    """(activations, gradients through the rules), each [n_layers, n_neurons]."""
     sites = _Sites(lm.sites.n_layers, lm.sites.n_neurons, query.answer_pos)
     params = [p for p in lm.model.parameters() if p.requires_grad]
     for p in params:
@@ -231,4 +237,4 @@ def relp_reference(lm: LoadedModel, query: Query) -> Tensor:
     finally:
         for p in params:
             p.requires_grad_(True)
-    return torch.stack(sites.acts) * g
+    return torch.stack(sites.acts), g

@@ -18,7 +18,7 @@ from legibility.attribution.reference import _activations
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import answer_logits, make_batch
-from relp_reference import reference_logits, relp_reference
+from relp_reference import reference_logits, relp_reference, relp_reference_gradients
 
 CFG = AttributionConfig(steps=5, batch_size=16, baselines=3)
 
@@ -177,6 +177,20 @@ def test_atp_scores_are_activation_minus_baseline_times_the_gradient():
         assert_close(corrupt[i], (acts - base[0]) * grads[:, 0])
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_relp_with_baselines_patches_against_other_subjects_with_relps_gradient(family):
+    lm = tiny_lm(family)
+    facts = prepare_facts(lm, rendered(lm), "relp-mean", CFG)
+    qs = first_queries(facts, 2)
+    mean = attribute(lm, qs, "relp-mean", CFG)
+    corrupt = attribute(lm, qs, "relp-corrupt", CFG)
+    for i, q in enumerate(qs):
+        acts, grads = relp_reference_gradients(lm, q)
+        base = torch.stack([_activations(lm, b) for b in q.baselines])
+        assert_close(mean[i], (acts - base.mean(0)) * grads)
+        assert_close(corrupt[i], (acts - base[0]) * grads)
+
+
 def test_atp_needs_prepared_facts():
     lm = tiny_lm("llama")
     with pytest.raises(LegibilityError, match="prepare_facts"):
@@ -184,7 +198,15 @@ def test_atp_needs_prepared_facts():
 
 
 def test_methods_declare_what_they_need_in_the_registry():
-    for name in ("relp", "atp-mean", "atp-corrupt", "ig-prefilter", "grad-x-act"):
+    for name in (
+        "relp",
+        "relp-mean",
+        "relp-corrupt",
+        "atp-mean",
+        "atp-corrupt",
+        "ig-prefilter",
+        "grad-x-act",
+    ):
         assert not METHODS[name].exact
     assert METHODS["ig"].prepare is None and METHODS["relp"].prepare is None
     lm = tiny_lm("llama")

@@ -253,7 +253,9 @@ def _templates(lm: LoadedModel, r: RenderedFact) -> dict[str, str]:
     return out
 
 
-def _prepare_baselines(first: int | None):
+def prepare_baselines(first: int | None):
+    """The prepare step of methods that patch against ``first`` (None: ``config.baselines``) other subjects."""
+
     def prepare(
         lm: LoadedModel, facts: Sequence[RenderedFact], config: AttributionConfig
     ) -> list[RenderedFact]:
@@ -268,7 +270,7 @@ METHODS.register("atp-mean")(
         exact=False,
         description="attribution patching: (activation - mean activation of the same prompt with "
         "config.baselines other subjects of the relation) x gradient at the clean activation",
-        prepare=_prepare_baselines(None),
+        prepare=prepare_baselines(None),
     )
 )
 METHODS.register("atp-corrupt")(
@@ -277,6 +279,6 @@ METHODS.register("atp-corrupt")(
         exact=False,
         description="attribution patching: (activation - activation of the same prompt with another subject "
         "of the relation) x gradient at the clean activation",
-        prepare=_prepare_baselines(1),
+        prepare=prepare_baselines(1),
     )
 )

@@ -21,7 +21,9 @@ of the prompt, as for ``grad-x-act``:
   ``scaled_dot_product_attention`` the queries and keys are (the weights depend on nothing else).
 * Linear layers, residual additions, embeddings: the plain gradient (LRP-0).
 
-The objective is p(target) at the answer position, as for ``ig`` and ``grad-x-act`` (its softmax is the
+``relp`` scores against the zero baseline, a * g; ``relp-mean`` and ``relp-corrupt`` patch against other
+subjects' prompts of the relation as ``atp-mean`` / ``atp-corrupt`` do, (a - b) * g with RelP's g (the
+paper's clean / corrupted patching). The objective is p(target) at the answer position, as for ``ig`` and ``grad-x-act`` (its softmax is the
 objective, not a layer: no rule applies to it). The rules hold for every family of the architecture table;
 :func:`relevance_rules` checks at each forward that it modified an attention and an activation in (at least)
 every block after the first, and refuses a model where it did not (e.g. flash attention).
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from legibility.attribution.base import METHODS, MethodInfo
-from legibility.attribution.patching import SiteRule, patching_method
+from legibility.attribution.patching import SiteRule, patching_method, prepare_baselines
 from legibility.errors import LegibilityError
 from legibility.models.loading import LoadedModel
 from legibility.models.sites import architecture
@@ -174,5 +176,23 @@ METHODS.register("relp")(
         exact=False,
         description="relevance patching: activation x gradient with LRP rules (norm scale, attention weights "
         "constant; identity rule for activations; half rule for gated products), one forward + backward",
+    )
+)
+METHODS.register("relp-mean")(
+    MethodInfo(
+        patching_method(None, relevance_rules, "relp-mean"),
+        exact=False,
+        description="relevance patching against the mean activation of the same prompt with config.baselines "
+        "other subjects of the relation: (activation - baseline) x RelP's gradient",
+        prepare=prepare_baselines(None),
+    )
+)
+METHODS.register("relp-corrupt")(
+    MethodInfo(
+        patching_method(1, relevance_rules, "relp-corrupt"),
+        exact=False,
+        description="relevance patching against the same prompt with another subject of the relation: "
+        "(activation - corrupted activation) x RelP's gradient (the paper's clean/corrupt patching)",
+        prepare=prepare_baselines(1),
     )
 )
