@@ -98,10 +98,12 @@ def default_device_meta() -> Iterator[None]:
 
 def queries(lm, n: int = 3):
     """First queries of the tiny facts' prompts, with the relation's other objects (contrastive IG needs
-    them) and the subject position (subject-token IG needs it) filled in by render/with_contrast."""
+    them), other subjects' prompts (attribution patching's baselines) and the subject position (subject-token
+    IG needs it) filled in by render/with_contrast/with_baselines."""
     from legibility.attribution.contrastive import with_contrast
+    from legibility.attribution.patching import with_baselines
 
-    rendered = with_contrast([render(lm, f) for f in tiny_facts()])
+    rendered = with_contrast(with_baselines(lm, [render(lm, f) for f in tiny_facts()], 2))
     return [p.queries[0] for r in rendered[:2] for p in r.prompts][:n]
 
 
@@ -153,6 +155,23 @@ def test_every_attribution_method_creates_tensors_on_the_model_device(family, me
     with default_device_meta():
         scores = attribute(lm, qs, method, CFG)
     assert scores.device == lm.device and scores.shape == (3, lm.sites.n_layers, lm.sites.n_neurons)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_batched_ablations_and_the_known_check_stay_on_the_model_device(family):
+    from legibility.attribution.ablation import suppressed_probs
+    from legibility.pipeline import KnownConfig, KnownStage
+
+    lm = tiny_lm(family)
+    qs = queries(lm)
+    sets = [[], [(0, 1), (1, 2)]]
+    rows = [(q, s) for q in range(len(qs)) for s in range(2)]
+    fact = render(lm, tiny_facts()[0])
+    for guard in (on_model_device_only, default_device_meta):
+        with guard():
+            probs = suppressed_probs(lm, qs, sets, rows)
+            KnownStage(KnownConfig(top_k=5))(lm)(fact)
+        assert probs.device == lm.device
 
 
 def test_generic_engine_fallback_and_prompts_api(monkeypatch):

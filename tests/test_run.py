@@ -271,7 +271,7 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         progress=False,
         shard=ShardConfig("reversed-test"),
     )
-    assert len(calls) == 2
+    assert len(calls) == 3  # the known-fact scan, the neurons and the effects all go through the executor
     assert [r["fact_id"] for r in res.neuron_records] == [r.fact.id for r in res.facts]
     lines = (tmp_path / "o" / "neurons.jsonl").read_text().splitlines()
     assert [json.loads(x)["fact_id"] for x in lines] == [r.fact.id for r in reversed(res.facts)]

@@ -189,3 +189,25 @@ def test_score_command_on_ray_writes_the_local_scorecard(ray_runtime, tiny_dir, 
     cards = [json.loads((tmp_path / d / "scorecard.json").read_text()) for d in ("local", "ray")]
     assert cards[0]["metrics"] == cards[1]["metrics"]
     assert cards[0]["metrics"]["neurons.per_fact"]["n"] == 4
+
+
+@pytest.mark.slow
+def test_ray_known_scan_equals_the_local_scan(ray_runtime, tiny_dir, tmp_path, one_thread):
+    from legibility.pipeline import KnownConfig, select_known
+    from test_known_scan import many_facts
+
+    spec = ModelSpec(str(tiny_dir))
+    lm = spec.load()
+    cfg = KnownConfig(top_k=8, min_share=0.5)
+    local = select_known(lm, many_facts(), cfg, progress=False, store=tmp_path / "local.jsonl")
+    sharded = select_known(
+        lm,
+        many_facts(),
+        cfg,
+        progress=False,
+        store=tmp_path / "ray.jsonl",
+        model=spec,
+        shard=ShardConfig("ray", workers=2),
+    )
+    assert local.kept and [r.fact.id for r in sharded.kept] == [r.fact.id for r in local.kept]
+    assert sharded.report == local.report

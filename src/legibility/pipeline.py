@@ -7,7 +7,10 @@ restarted with the same ``out_dir`` continues where it stopped without recomputi
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -16,8 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from legibility.attribution import METHODS, AttributionConfig, attribute_prompts
-from legibility.attribution.contrastive import with_contrast
+from legibility.attribution import METHODS, AttributionConfig, attribute_prompts, prepare_facts
 from legibility.facts.known import KnownConfig
 from legibility.facts.render import render
 from legibility.facts.split import PromptSplit
@@ -27,12 +29,14 @@ from legibility.metrics.effects import EffectConfig, EffectRunner
 from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
-from legibility.sharding import ModelSpec, ShardConfig, map_facts
+from legibility.sharding import ModelSpec, ShardConfig, map_facts, ray_runtime
 from legibility.store import JsonlStore, atomic_write_json
 
 __all__ = [
     "EffectStage",
+    "FactGroup",
     "KnownConfig",
+    "KnownStage",
     "NeuronStage",
     "find_neurons",
     "measure_effects",
@@ -51,6 +55,72 @@ class FactSelection:
     report: dict = field(default_factory=dict)
 
 
+def known_needed(n_prompts: int, min_share: float) -> int:
+    """The fewest known prompts out of ``n_prompts`` whose share reaches ``min_share`` (n + 1: never)."""
+    return next((k for k in range(n_prompts + 1) if k / n_prompts >= min_share), n_prompts + 1)
+
+
+@dataclass(frozen=True)
+class FactGroup:
+    """Facts checked together (their prompts share batches): one item of the known-fact map."""
+
+    id: str  # derived from the member fact ids (the key of the group's record)
+    facts: tuple[RenderedFact, ...]
+
+    @classmethod
+    def of(cls, facts: Sequence[RenderedFact]) -> FactGroup:
+        digest = hashlib.sha256("\n".join(r.fact.id for r in facts).encode()).hexdigest()[:16]
+        return cls(f"group:{digest}", tuple(facts))
+
+
+@dataclass(frozen=True)
+class KnownStage:
+    """Compute factory of the known-fact check: ``KnownStage(known)(lm)(group) -> record``, the record
+    holding each fact's answer (``known``: fact id -> bool, ``asked``: fact id -> prompts asked).
+
+    A fact is known when the target is within the model's top ``known.top_k`` on at least ``known.min_share``
+    of its usable prompts (a multi-token prompt: on every target token). Prompts are asked in rounds: each
+    undecided fact of the group adds as many of its next prompts as could still decide its answer, all of
+    them go through the model in shared batches, and a fact stops once it is decided (the decision all its
+    prompts would give). Plain data, so :func:`legibility.sharding.map_facts` can send it to workers.
+    """
+
+    known: KnownConfig = field(default_factory=KnownConfig)
+
+    def __call__(self, lm: LoadedModel) -> Callable[[FactGroup], dict]:
+        cfg = self.known
+
+        def compute(group: FactGroup) -> dict:
+            facts = group.facts
+            need = [known_needed(len(r.prompts), cfg.min_share) for r in facts]
+            hits, asked = [0] * len(facts), [0] * len(facts)
+
+            def open_(i: int) -> bool:
+                n = len(facts[i].prompts)
+                return hits[i] < need[i] and asked[i] - hits[i] <= n - need[i] and asked[i] < n
+
+            while pending := [i for i in range(len(facts)) if open_(i)]:
+                chunks = []
+                for i in pending:
+                    n, misses = len(facts[i].prompts), asked[i] - hits[i]
+                    take = min(need[i] - hits[i], n - need[i] + 1 - misses)
+                    chunks.append((i, facts[i].prompts[asked[i] : asked[i] + take]))
+                ranks = predict(lm, [q for _, chunk in chunks for p in chunk for q in p.queries]).rank
+                j = 0
+                for i, chunk in chunks:
+                    for p in chunk:  # a multi-token prompt is known when every target token is
+                        hits[i] += int(ranks[j : j + len(p.queries)].max()) < cfg.top_k
+                        j += len(p.queries)
+                    asked[i] += len(chunk)
+            return {
+                "fact_id": group.id,
+                "known": {r.fact.id: hits[i] >= need[i] for i, r in enumerate(facts)},
+                "asked": {r.fact.id: asked[i] for i, r in enumerate(facts)},
+            }
+
+        return compute
+
+
 def select_known(
     lm: LoadedModel,
     facts: Sequence[Fact],
@@ -60,10 +130,20 @@ def select_known(
     seed: int = 0,
     progress: bool = True,
     check: Callable[[RenderedFact], None] | None = None,
+    *,
+    store: str | Path | None = None,
+    model: ModelSpec | None = None,
+    shard: ShardConfig | None = None,
+    group: int = 32,
 ) -> FactSelection:
     """Render facts for the model and keep the ones it knows; report how many were dropped and why.
 
     ``check`` is called on each rendered fact before the model runs it (e.g. to refuse over-long prompts).
+    The model's checks run as a map over facts (:func:`legibility.sharding.map_facts`): ``shard`` spreads
+    them over workers that load ``model``, ``group`` facts per item (their prompts share batches); ``store``
+    (a JSONL file) keeps each group's answers as they come, so a killed scan resumes. Facts are examined per relation in a seeded random order; with a ``limit``, the
+    first ``limit`` known ones are kept and the facts after them are not examined (they are checked in
+    chunks, so a few may be computed and stored without being counted).
     """
     cfg = known or KnownConfig()
     by_rel: dict[str, list[Fact]] = defaultdict(list)
@@ -71,7 +151,6 @@ def select_known(
         by_rel[f.relation].append(f)
     dropped: Counter[str] = Counter()
     prompt_skips: Counter[str] = Counter()
-    kept: list[RenderedFact] = []
     examined = 0
     pools = {}
     for rel, candidates in by_rel.items():
@@ -81,36 +160,68 @@ def select_known(
         )  # a limit takes a random sample, not the file's first rows
         pools[rel] = pool if cfg.limit is None else pool[: cfg.limit * cfg.scan]
     total = sum(len(p) for p in pools.values())
-    bar = tqdm(total=total, desc="checking which facts the model knows", disable=not progress, unit="fact")
-    for candidates in pools.values():
-        n_kept = 0
-        for fact in candidates:
-            if cfg.limit is not None and n_kept >= cfg.limit:
+    bar = tqdm(total=total, desc="known facts examined", disable=not progress, unit="fact")
+    stage = KnownStage(cfg)
+    n_kept = dict.fromkeys(pools, 0)
+    kept_in: dict[str, list[RenderedFact]] = {rel: [] for rel in pools}
+    start = dict.fromkeys(pools, 0)
+    chunk = None if cfg.limit is None else max(cfg.limit, 16)
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "known.jsonl"
+        answers = JsonlStore(store, required=("known",))
+        if shard is not None and shard.executor == "ray":  # one runtime for every round
+            stack.enter_context(ray_runtime(shard.address))
+        # Rounds: each relation still short of its limit contributes its next chunk of candidates (all of
+        # them without a limit), and the model checks the round's facts in one map.
+        while True:
+            rels = [
+                rel
+                for rel, pool in pools.items()
+                if start[rel] < len(pool) and (cfg.limit is None or n_kept[rel] < cfg.limit)
+            ]
+            if not rels:
                 break
-            examined += 1
-            bar.update(1)
-            r = render(lm, fact, multi_token)
-            prompt_skips.update(r.skipped)
-            if not r.prompts:
-                dropped[f"no usable prompt ({', '.join(sorted(r.skipped))})"] += 1
-                continue
-            if len(r.prompts) < min_prompts:
-                dropped[f"fewer than {min_prompts} usable prompts"] += 1
-                continue
+            rendered: dict[str, list[RenderedFact]] = {}
+            for rel in rels:
+                end = len(pools[rel]) if chunk is None else start[rel] + chunk
+                rendered[rel] = [render(lm, f, multi_token) for f in pools[rel][start[rel] : end]]
+                start[rel] += len(rendered[rel])
+            usable = [
+                r for rs in rendered.values() for r in rs if r.prompts and len(r.prompts) >= min_prompts
+            ]
             if check is not None:
-                check(r)
-            flat = [q for p in r.prompts for q in p.queries]
-            ranks = predict(lm, flat).rank
-            worst, i = [], 0
-            for p in r.prompts:  # a multi-token prompt is known when every target token is
-                worst.append(int(ranks[i : i + len(p.queries)].max()))
-                i += len(p.queries)
-            share = sum(w < cfg.top_k for w in worst) / len(worst)
-            if share < cfg.min_share:
-                dropped["not known by the model"] += 1
-                continue
-            kept.append(r)
-            n_kept += 1
+                for r in usable:
+                    check(r)
+            groups = [FactGroup.of(usable[i : i + group]) for i in range(0, len(usable), group)]
+            records = map_facts(
+                stage,
+                groups,
+                answers,
+                lm=lm,
+                model=model,
+                shard=shard,
+                desc="known-fact checks",
+                progress=progress,
+            )
+            answer = {fid: known for rec in records for fid, known in rec["known"].items()}
+            for rel in rels:
+                for r in rendered[rel]:
+                    if cfg.limit is not None and n_kept[rel] >= cfg.limit:
+                        break
+                    examined += 1
+                    bar.update(1)
+                    prompt_skips.update(r.skipped)
+                    if not r.prompts:
+                        dropped[f"no usable prompt ({', '.join(sorted(r.skipped))})"] += 1
+                    elif len(r.prompts) < min_prompts:
+                        dropped[f"fewer than {min_prompts} usable prompts"] += 1
+                    elif not answer[r.fact.id]:
+                        dropped["not known by the model"] += 1
+                    else:
+                        kept_in[rel].append(r)
+                        n_kept[rel] += 1
+    kept = [r for rel in pools for r in kept_in[rel]]  # relation by relation, as examined
     bar.close()
     report = {
         "facts_in": len(facts),
@@ -205,8 +316,7 @@ def find_neurons(
 
     ``shard`` spreads the facts over Ray workers that load ``model`` themselves (see :mod:`legibility.sharding`).
     """
-    if METHODS[method].contrast:
-        facts = with_contrast(facts)  # the relation's other objects
+    facts = prepare_facts(lm, facts, method, attribution)  # what the method's registry entry needs
     stage = NeuronStage(method, attribution, neurons or NeuronConfig(), split or PromptSplit())
     store = JsonlStore(Path(out_dir) / "neurons.jsonl", required=NEURON_KEYS)
     return map_facts(

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from legibility.neurons import NeuronConfig
 
 RESULT_FILES = (
+    "known.jsonl",
     "facts.json",
     "neurons.jsonl",
     "effects.jsonl",
@@ -493,13 +494,13 @@ def _run_locked(
         for name in (*RESULT_FILES, "neurons.jsonl.corrupt", "effects.jsonl.corrupt"):
             (out / name).unlink(missing_ok=True)
         atomic_write_json(run_json, key)
-    kept, report = _known_facts(settings, out, facts, lm, progress)
+    spec = ModelSpec(settings.model, settings.site, dtype=settings.dtype)
+    kept, report = _known_facts(settings, out, facts, lm, progress, spec, shard)
     note(f"facts: {report['kept']} known of {report['examined']} examined; dropped: {report['dropped']}")
     if not kept:  # nothing to attribute: an empty scorecard (front ends decide whether that is an error)
         card = pipeline.write_scorecard(out, [], [], key, {})
         return RunResult(out, key, report, [], [], [], card, lm.sites.n_layers)
     check_context(lm, kept)
-    spec = ModelSpec(settings.model, settings.site, dtype=settings.dtype)
     records = pipeline.find_neurons(
         lm,
         kept,
@@ -548,9 +549,16 @@ def _run_locked(
 
 
 def _known_facts(
-    settings: RunSettings, out: Path, facts: list[Fact], lm: LoadedModel, progress: bool
+    settings: RunSettings,
+    out: Path,
+    facts: list[Fact],
+    lm: LoadedModel,
+    progress: bool,
+    spec: ModelSpec,
+    shard: ShardConfig | None,
 ) -> tuple[list[RenderedFact], dict]:
-    """The kept facts in their saved order (facts.json), selecting them on the first run."""
+    """The kept facts in their saved order (facts.json), selecting them on the first run (each fact's
+    answer kept in known.jsonl as it comes, so a killed scan resumes; sharded like the other stages)."""
     from legibility import pipeline
     from legibility.facts.render import render
 
@@ -577,6 +585,9 @@ def _known_facts(
         settings.seed,
         progress,
         check=lambda r: check_context(lm, [r]),
+        store=out / "known.jsonl",
+        model=spec,
+        shard=shard,
     )
     pipeline.save_selection(out, selection)
     return selection.kept, selection.report

@@ -6,8 +6,9 @@
   backward of the prompt (IG with a single path point at alpha = 1).
 * ``ig-tf32`` / ``ig-bf16``: the exact engine with TF32 matmuls / under bfloat16 autocast: faster on GPUs,
   scores only close to float32 (the benchmark reports Spearman and refined-set Jaccard against ``ig``).
-* ``ig-prefilter``: grad x activation picks the ``config.candidates`` top neurons; exact IG runs only for the
-  layers that hold them. Those layers get their exact IG scores (every neuron of the layer: the path scales
+* ``ig-prefilter``: a cheap first stage (``config.prefilter``, a registered method: ``grad-x-act``, ``relp``,
+  ``atp-mean``, ...) picks the ``config.candidates`` top neurons; exact IG runs only for the layers that hold
+  them. Those layers get their exact IG scores (every neuron of the layer: the path scales
   the whole layer, so they come for free); the other layers get 0.
 """
 
@@ -21,13 +22,13 @@ from torch import Tensor
 
 from legibility.attribution.base import METHODS, AttributionConfig, MethodInfo
 from legibility.attribution.fast import (
-    frozen_params,
     integrated_gradients_fast,
     matmul_precision,
     path_gradients,
 )
-from legibility.facts.types import Query
-from legibility.forward import answer_logits, make_batch
+from legibility.attribution.patching import answer_gradients
+from legibility.errors import LegibilityError
+from legibility.facts.types import Query, RenderedFact
 from legibility.models.loading import LoadedModel
 
 
@@ -38,42 +39,17 @@ def ig_gauss(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfi
 
 def grad_x_act(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfig) -> Tensor:
     """activation * d p(target) / d activation [n_queries, n_layers, n_neurons] at the clean activation."""
-    with frozen_params(lm):
-        return torch.cat(
-            [
-                _grad_x_act_batch(lm, queries[start : start + config.batch_size])
-                for start in range(0, len(queries), config.batch_size)
-            ]
-        )
-
-
-def _grad_x_act_batch(lm: LoadedModel, queries: Sequence[Query]) -> Tensor:
-    n_layers = lm.sites.n_layers
-    batch = make_batch(lm, queries)
-    rows = torch.arange(batch.input_ids.shape[0], device=lm.device)
-    # A zero added at each layer's answer position: its gradient is the total derivative of p with respect
-    # to that layer's activation (replacing the activation by a leaf would cut the paths through later
-    # layers' answer-position activations).
-    deltas = torch.zeros(len(rows), n_layers, lm.sites.n_neurons, device=lm.device, requires_grad=True)
-    acts: dict[int, Tensor] = {}
-
-    def add(layer: int):
-        def fn(a: Tensor) -> Tensor:  # a [batch, pos, n_neurons]
-            acts[layer] = a[rows, batch.positions].detach().float()
-            a = a.clone()
-            a[rows, batch.positions] = a[rows, batch.positions] + deltas[:, layer].to(a.dtype)
-            return a
-
-        return fn
-
-    with torch.enable_grad(), lm.sites.patch({layer: add(layer) for layer in range(n_layers)}):
-        probs = answer_logits(lm, batch).float().softmax(-1)[rows, batch.targets]
-        (g,) = torch.autograd.grad(probs.sum(), deltas)
-    return torch.stack([acts[layer] for layer in range(n_layers)], 1) * g
+    acts, grads = answer_gradients(lm, queries, config.batch_size)
+    return acts * grads
 
 
 def ig_prefilter(lm: LoadedModel, queries: Sequence[Query], config: AttributionConfig) -> Tensor:
-    coarse = grad_x_act(lm, queries, config)  # [n_queries, n_layers, n_neurons]
+    first = METHODS[config.prefilter]
+    if first.fn is ig_prefilter:
+        raise LegibilityError(
+            "ig-prefilter cannot be its own first stage; choose a cheap method as prefilter"
+        )
+    coarse = first.fn(lm, queries, config)  # [n_queries, n_layers, n_neurons]
     alphas, weights = config.alphas(lm.device), config.weights(lm.device)
     out = torch.zeros_like(coarse)
     k = min(config.candidates, coarse[0].numel())
@@ -115,12 +91,23 @@ METHODS.register("ig-gauss")(
 METHODS.register("grad-x-act")(
     MethodInfo(grad_x_act, exact=False, description="activation x gradient at the clean activation")
 )
+
+
+def _prepare_prefilter(
+    lm: LoadedModel, facts: Sequence[RenderedFact], config: AttributionConfig
+) -> list[RenderedFact]:
+    """What the first stage needs (e.g. atp-mean's baseline prompts)."""
+    prepare = METHODS[config.prefilter].prepare
+    return list(facts) if prepare is None else prepare(lm, facts, config)
+
+
 METHODS.register("ig-prefilter")(
     MethodInfo(
         ig_prefilter,
         exact=False,
-        description="grad x activation picks config.candidates neurons; exact IG on the layers holding them, "
-        "0 elsewhere",
+        description="a cheap method (config.prefilter) picks config.candidates neurons; exact IG on the "
+        "layers holding them, 0 elsewhere",
+        prepare=_prepare_prefilter,
     )
 )
 METHODS.register("ig-tf32")(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from legibility.errors import LegibilityError
-from legibility.facts.types import PromptQueries, Query
+from legibility.facts.types import PromptQueries, Query, RenderedFact
 from legibility.models.loading import LoadedModel
 from legibility.registry import Registry
 
@@ -30,7 +30,9 @@ class AttributionConfig:
     pack_queries: int = 64  # queries sharing one clean forward and its chunks in the packed engine
     skip_to_site: bool = True  # rows of layer l start at the site inside block l (where the family allows)
     nodes: int = 6  # Gauss-Legendre nodes of the approximate "ig-gauss" method (it ignores steps)
-    candidates: int = 32  # neurons that grad x activation passes to exact IG in "ig-prefilter"
+    candidates: int = 32  # neurons that the first stage of "ig-prefilter" passes to exact IG
+    prefilter: str = "grad-x-act"  # the cheap method that chooses the candidates of "ig-prefilter"
+    baselines: int = 4  # other subjects' prompts whose mean activation is the baseline of "atp-mean"
 
     def alphas(self, device: torch.device | str | None = None) -> Tensor:
         """Path points alpha_k [steps] (float32, on ``device``)."""
@@ -67,6 +69,8 @@ class AttributionConfig:
 
 # (lm, queries, config) -> scores [n_queries, n_layers, n_neurons]
 Method = Callable[[LoadedModel, Sequence[Query], AttributionConfig], Tensor]
+# (lm, all facts of the run, config) -> the facts with what the method reads from their queries filled in
+Prepare = Callable[[LoadedModel, Sequence[RenderedFact], AttributionConfig], list[RenderedFact]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,9 @@ class MethodInfo:
     # where the neurons it finds act, hence where suppression must act: "answer" (the answer position) or
     # "all" (every position, for neurons located elsewhere, e.g. at the last subject token)
     where: str = "answer"
-    contrast: bool = False  # needs each query's contrast_ids (the relation's other objects)
+    # What the method needs beyond a fact's own queries (the relation's other objects, other subjects'
+    # prompts), filled in from all the run's facts before any is attributed; None: nothing
+    prepare: Prepare | None = None
 
 
 METHODS: Registry[MethodInfo] = Registry("attribution method")
@@ -92,6 +98,19 @@ def attribute(
     if not queries:
         raise LegibilityError("no queries to attribute")
     return METHODS[method].fn(lm, queries, config or AttributionConfig())
+
+
+def prepare_facts(
+    lm: LoadedModel,
+    facts: Sequence[RenderedFact],
+    method: str = "ig",
+    config: AttributionConfig | None = None,
+) -> list[RenderedFact]:
+    """The facts as ``method`` needs them: what its registry entry declares (e.g. contrast objects, other
+    subjects' prompts) filled in from all ``facts``. Call it once with every fact of a run, before
+    attributing any of them; a method that needs nothing gets the facts unchanged."""
+    prepare = METHODS[method].prepare
+    return list(facts) if prepare is None else prepare(lm, facts, config or AttributionConfig())
 
 
 def attribute_prompts(

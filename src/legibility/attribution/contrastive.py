@@ -10,7 +10,8 @@ relation alike (a relation-wide "this is a capital" neuron) leaves f unchanged a
 neuron that picks this fact's object among them gets all of it. Integrated gradients of f along the usual
 path (zero baseline, answer position); by completeness the scores of a layer sum to f(a) - f(0).
 
-Queries need ``contrast_ids``: :func:`with_contrast` fills them from the other facts of each relation.
+Queries need ``contrast_ids``: :func:`with_contrast` fills them from the other facts of each relation; the
+method's registry entry declares it as its ``prepare`` step (:func:`legibility.attribution.prepare_facts`).
 """
 
 from __future__ import annotations
@@ -66,11 +67,15 @@ def contrastive_ig(lm: LoadedModel, queries: Sequence[Query], config: Attributio
     return torch.stack([answer_path_attribution(lm, q, contrast_objective(q), config) for q in queries])
 
 
+def _prepare(lm: LoadedModel, facts: Sequence[RenderedFact], config: AttributionConfig) -> list[RenderedFact]:
+    return with_contrast(facts)
+
+
 METHODS.register("ig-contrastive")(
     MethodInfo(
         contrastive_ig,
         exact=False,  # exact IG, but of a different objective than the reference's p(target)
         description="integrated gradients of log p(target) - log sum p(other objects of the relation)",
-        contrast=True,
+        prepare=_prepare,
     )
 )

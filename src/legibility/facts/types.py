@@ -38,6 +38,9 @@ class Query:
     target_id: int
     subject_pos: int = -1  # last token of the subject (-1: unknown); for attribution at the subject
     contrast_ids: tuple[int, ...] = ()  # the relation's other objects' first tokens (contrastive attribution)
+    # the same prompt with other subjects of the relation (same template, same teacher-forced target
+    # prefix): their activations at the answer position are the baselines of attribution patching
+    baselines: tuple[Query, ...] = ()
 
 
 @dataclass(frozen=True)

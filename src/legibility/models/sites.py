@@ -52,12 +52,13 @@ class Architecture:
     # through the whole block l instead of starting them at the site (e.g. GPT-NeoX's parallel residual)
     ffn_residual: str | None = None
     ffn_post: str | None = None  # path inside a block to a norm applied to the FFN output before the add
+    gated: bool = False  # the site is a gated product act(gate) * up (RelP's half rule applies to it)
 
 
 _GATED = SiteSpec("model.layers", "mlp.down_proj")
-_DECODER = Architecture(_GATED, final_norm="model.norm", ffn_residual="post_attention_layernorm")
+_DECODER = Architecture(_GATED, final_norm="model.norm", ffn_residual="post_attention_layernorm", gated=True)
 _GEMMA = Architecture(
-    _GATED, final_norm="model.norm", special_tokens=True, ffn_residual="post_attention_layernorm"
+    _GATED, final_norm="model.norm", special_tokens=True, ffn_residual="post_attention_layernorm", gated=True
 )
 _GEMMA2 = dataclasses.replace(
     _GEMMA, softcap=True, ffn_residual="pre_feedforward_layernorm", ffn_post="post_feedforward_layernorm"
