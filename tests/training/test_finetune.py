@@ -184,6 +184,7 @@ def test_a_finetune_run_costs_scores_and_saves_a_loadable_model(base, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.equal(hf(input_ids=ids).logits, lm.model(input_ids=ids).logits)
     again = run_finetune(cfg, tmp_path / "run", ScoreConfig(facts=4, ig_steps=4), "cpu", False)
+    assert again.pop("seconds")["train"] > 0 and result.pop("seconds")["score"] > 0  # this call's clocks
     same = json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)  # NaN-safe
     assert same  # a rerun of a finished run reads everything back
     with pytest.raises(LegibilityError, match="holds a run with a different config"):
@@ -239,3 +240,43 @@ def test_finetune_killed_mid_run_resumes_to_the_same_model(base, tmp_path):
     assert a == b
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (killed, tmp_path / "whole"))
     assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)  # NaN-safe equality
+
+
+def test_finetune_sweeps_validate_trials_as_finetune_configs(base):
+    from legibility.sweeps import parse_sweep
+
+    sweep = {"kind": "finetune", "base": base, "variants": {"original": {"train.steps": 0}, "control": {}}}
+    cfg = parse_sweep(sweep)
+    assert [t.kind for t in cfg.trials] == ["finetune", "finetune"] and cfg.kind == "finetune"
+    assert cfg.trials[0].run_config["train"]["steps"] == 0
+    with pytest.raises(LegibilityError, match="variant 'bad'.*config.update: 'half' is not allowed"):
+        parse_sweep({**sweep, "variants": {"bad": {"update": "half"}}})
+    with pytest.raises(
+        LegibilityError, match="sweep kind 'tune' is not allowed; choose one of train, finetune"
+    ):
+        parse_sweep({**sweep, "kind": "tune"})
+
+
+@pytest.mark.slow
+def test_a_finetune_sweep_records_costs_and_reports_the_frontier(base, tmp_path):
+    from legibility.report.html import write_report
+    from legibility.sweeps import ResultsStore, parse_sweep, run_sweep
+
+    cfg = parse_sweep(
+        {
+            "kind": "finetune",
+            "base": {**base, "train": {**base["train"], "steps": 2}},
+            "variants": {"original": {"train.steps": 0}, "control": {}},
+            "score": {"facts": 4, "ig_steps": 4},
+        }
+    )
+    assert run_sweep(cfg, tmp_path, progress=False) == {"done": 2}
+    with ResultsStore(tmp_path / "results.duckdb", read_only=True) as store:
+        cols, rows = store.query(
+            "SELECT variant, cost_nats, kl, facts_lost FROM trials_flat ORDER BY variant"
+        )
+    assert [r[0] for r in rows] == ["control", "original"]
+    assert rows[1][1:] == (0.0, pytest.approx(0.0, abs=1e-7), 0.0) and rows[0][2] > 0
+    assert list((tmp_path / "cache").glob("known-*.json"))  # the trials shared one known-fact scan
+    write_report(tmp_path)
+    assert (tmp_path / "finetune_frontier.png").stat().st_size > 0

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from legibility.errors import LegibilityError
-from legibility.report.frontier import agreement_figure, by_variant, frontier_figure, trial_metrics
+from legibility.report.frontier import (
+    agreement_figure,
+    by_variant,
+    cost_figure,
+    frontier_figure,
+    has_costs,
+    trial_metrics,
+)
 
 SUMMARY = (
     "suppressability",
@@ -202,6 +209,14 @@ def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str 
             "Agreement between interpretability metrics across trials",
         ),
     ]
+    if has_costs(done):
+        figures.insert(
+            0,
+            (
+                cost_figure(done, out / "finetune_frontier.png"),
+                "Finetune frontier: specific suppressability on held-out facts against its cost",
+            ),
+        )
     study = None
     names = sorted({r["variant"] for r in done})
     if baseline is not None and baseline not in names:

@@ -31,7 +31,9 @@ from typing import Any
 
 from legibility.errors import LegibilityError
 
-KEYS = {"name", "base", "variants", "grid", "random", "seeds", "score", "executor"}
+KEYS = {"name", "kind", "base", "variants", "grid", "random", "seeds", "score", "executor"}
+# what a trial does: train a small model from scratch, or finetune a pretrained one (legibility finetune)
+KINDS = ("train", "finetune")
 DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
 EXECUTOR_NAMES = ("local", "ray")
 # variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
@@ -47,6 +49,7 @@ class Trial:
     seed: int
     overrides: dict[str, Any]  # dotted key -> value, applied to the base run config
     run_config: dict  # the base config with overrides and seed applied (validated)
+    kind: str = "train"  # "train" (a RunConfig) or "finetune" (a FinetuneConfig)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class SweepConfig:
     trials: list[Trial]
     score: dict = field(default_factory=dict)  # legibility.training.experiment.ScoreConfig fields
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    kind: str = "train"  # every trial's kind
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
@@ -189,6 +193,14 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
         raise LegibilityError("'variants' maps a name to a mapping of dotted-key overrides")
     for vname in variants:
         check_variant_name(vname)
+    kind = data.get("kind", "train")
+    if kind not in KINDS:
+        raise LegibilityError(f"sweep kind {kind!r} is not allowed; choose one of {', '.join(KINDS)}")
+    parse: Any = parse_run_config
+    if kind == "finetune":
+        from legibility.training.finetune import parse_finetune_config
+
+        parse = parse_finetune_config
     score = _check_score(data.get("score") or {})
     executor = _check_executor(data.get("executor") or {})
     points: list[dict] = [{}]
@@ -215,12 +227,13 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
             set_dotted(cfg, k, v)
         set_dotted(cfg, "train.seed", seed)
         try:
-            resolved = dataclasses.asdict(parse_run_config(copy.deepcopy(cfg)))
+            resolved = dataclasses.asdict(parse(copy.deepcopy(cfg)))
         except LegibilityError as e:
             raise LegibilityError(f"variant {vname!r} with {overrides}: {e}") from e
-        tid = trial_id(vname, {"run": resolved, "score": score}, seed)
-        trials.append(Trial(tid, vname, seed, overrides, cfg))
-    return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor)
+        hashed = {"run": resolved, "score": score, **({"kind": kind} if kind != "train" else {})}
+        tid = trial_id(vname, hashed, seed)
+        trials.append(Trial(tid, vname, seed, overrides, cfg, kind))
+    return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor, kind)
 
 
 def load_sweep(path: str | os.PathLike) -> SweepConfig:

@@ -36,7 +36,10 @@ CREATE OR REPLACE VIEW trials_flat AS SELECT
   CAST(json_extract(metrics, '$."suppressability.trained_facts".value') AS DOUBLE)
     AS suppressability_trained_facts,
   CAST(json_extract(metrics, '$."specific_suppressability.trained_facts".value') AS DOUBLE)
-    AS specific_suppressability_trained_facts
+    AS specific_suppressability_trained_facts,
+  CAST(json_extract(train, '$.cost_nats') AS DOUBLE) AS cost_nats,
+  CAST(json_extract(train, '$.kl') AS DOUBLE) AS kl,
+  CAST(json_extract(train, '$.facts_lost') AS DOUBLE) AS facts_lost
 FROM trials;
 """
 

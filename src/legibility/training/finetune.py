@@ -440,12 +440,16 @@ def run_finetune(
     """Finetune (or resume), measure the cost, score every fact group; returns ``{"train": final metrics
     with the cost, "metrics": scorecards by group, "known_facts...": n}``, also in ``<out>/result.json``.
     ``score`` is a :class:`legibility.training.experiment.ScoreConfig` (default: its defaults)."""
+    import time
+
     from legibility.training.experiment import ScoreConfig, score_dir, score_model
 
     out = Path(out_dir)
     result_path = out / "result.json"
+    t0 = time.perf_counter()
     trainer = Finetuner(config, out, progress=progress, device=device, cache_dir=cache_dir)
     final = trainer.fit()
+    t1 = time.perf_counter()
     cost_path = out / "cost.json"
     if cost_path.is_file():
         cost = json.loads(cost_path.read_text())
@@ -464,6 +468,7 @@ def run_finetune(
         scored = score_model(out / "model", facts, score_dir(out, suffix), sc, device, special_tokens=None)
         metrics.update({f"{k}{suffix}": v for k, v in scored["metrics"].items()})
         known[f"known_facts{suffix}"] = scored["known_facts"]
+    seconds = {"train": t1 - t0, "score": time.perf_counter() - t1}  # of this invocation (a resume: less)
     result = {"train": {**final, **cost}, "metrics": metrics, **known}
     _atomic_json(result_path, result)
-    return result
+    return {**result, "seconds": seconds}
