@@ -280,3 +280,15 @@ def test_a_finetune_sweep_records_costs_and_reports_the_frontier(base, tmp_path)
     assert list((tmp_path / "cache").glob("known-*.json"))  # the trials shared one known-fact scan
     write_report(tmp_path)
     assert (tmp_path / "finetune_frontier.png").stat().st_size > 0
+
+
+def test_the_example_finetune_configs_validate():
+    from legibility.sweeps.config import load_sweep
+    from legibility.training.finetune import load_finetune_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted((root / "finetune").glob("*.yaml")):
+        assert load_finetune_config(path).model == "smollm2-135m"
+    sweep = load_sweep(root / "sweeps" / "finetune.yaml")
+    assert sweep.kind == "finetune" and len(sweep.trials) >= 7
+    assert {t.variant for t in sweep.trials} >= {"original", "control", "ffn_dropout", "decorrelation"}

@@ -43,7 +43,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
         "finetune",
         help="continue training a pretrained model with the lab's objectives; measure its cost and score it",
         description="Finetune the model of CONFIG.yaml (default: the embedded SmolLM2-135M with the "
-        "defaults of legibility.training.finetune.FinetuneConfig; see configs/finetune.yaml) on general text "
+        "defaults of legibility.training.finetune.FinetuneConfig; see configs/finetune/) on general text "
         "with its regularizers, then measure the cost on held-out text and score held-out facts. Rerunning "
         "with the same --out resumes; the tuned model is written to OUT/model.",
     )
