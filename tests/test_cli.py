@@ -97,7 +97,8 @@ def test_score_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
         (["--model", "/nonexistent/model"], "does not exist"),
         (["--method", "nope"], "unknown attribution method 'nope'"),
         (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
-        (["--n-same", "-5"], "argument --n-same: must be >= 0, got -5"),
+        (["--controls", "-5"], "argument --controls: must be >= 0, got -5"),
+        (["--holdout", "1"], "argument --holdout: must be in [0.0, 1.0), got 1"),
         (["--known-share", "1.5"], "argument --known-share: must be in [0.0, 1.0], got 1.5"),
         (["--steps", "two"], "argument --steps: 'two' is not an integer"),
         (["--relations", "P36,P10e"], "P10e (did you mean"),
@@ -109,7 +110,7 @@ def test_bad_inputs_exit_nonzero_with_one_clear_message(
     tmp_path, capsys, extra, message, pararel_dir, monkeypatch
 ):
     monkeypatch.setenv("LEGIBILITY_PARAREL", str(pararel_dir))
-    command = "score" if "--n-same" in extra else "neurons"
+    command = "score" if "--controls" in extra else "neurons"
     code = main([command, "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err
     assert code == 2

@@ -189,9 +189,7 @@ def test_interventions_forward_and_effects(family):
                 with Intervention({1: (2, 3)}, op, value, where).apply(lm):  # type: ignore[arg-type]
                     lm.model(**inputs)
         prompt_probs(lm, rendered[0].prompts, Intervention({0: (1,)}, "suppress"))
-        EffectRunner(lm, rendered, EffectConfig(n_same=1, n_other=1)).fact_effects(
-            rendered[0], [(0, 1), (2, 5)]
-        )
+        EffectRunner(lm, rendered, EffectConfig(controls=1)).fact_effects(rendered[0], [(0, 1), (2, 5)])
 
 
 def test_independent_metrics():

@@ -16,7 +16,6 @@ from legibility.editing import (
     EditEvaluator,
     EraseConfig,
     NeuronCard,
-    card_html,
     edit_neurons,
     evaluate_erase,
     fact_edit,
@@ -36,6 +35,7 @@ from legibility.facts.counterfacts import object_token, split_wording
 from legibility.facts.types import Query
 from legibility.forward import predict
 from legibility.metrics.perplexity import perplexity
+from legibility.report.cards import card_html
 from legibility.report.editing import collateral_markdown, summary_markdown
 from legibility.run import weights_digest
 
@@ -258,6 +258,10 @@ def test_card_html_escapes():
     out = card_html(card)
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "<i>" not in out and "&lt;/td&gt;" in out and "&amp;" in out
+    import dataclasses
+    import json
+
+    assert card_html(json.loads(json.dumps(dataclasses.asdict(card)))) == out  # as read from cards.json
 
 
 @pytest.mark.parametrize("family", ["llama", "bert"])

@@ -251,3 +251,10 @@ def test_all_metrics_on_a_tiny_model():
     assert m["independent.probe.object.selectivity"].n == 0  # every object occurs in one fact only
     assert 1 <= m["independent.circuit_size.median"].value <= 4
     assert all(e.n == 0 or np.isfinite(e.value) for e in m.values())  # measured -> a number
+
+
+def test_the_default_metrics_are_declared_in_their_entries():
+    from legibility.metrics.spec import INDEPENDENT, default_metrics
+
+    assert default_metrics() == ["concentration", "overlap", "sparsity", "polysemanticity"]
+    assert all(not INDEPENDENT[n].default for n in INDEPENDENT if n not in default_metrics())

@@ -91,10 +91,8 @@ def test_smollm2_scorecard_on_two_known_facts(tmp_path, capsys, pararel_dir, mon
                 "--out",
                 str(out),
                 "--no-progress",
-                "--n-same",
+                "--controls",
                 "1",
-                "--n-other",
-                "0",
             ]
         )
         == 0

@@ -68,13 +68,13 @@ def test_killed_and_resumed_and_rerun_equal_an_uninterrupted_run_bit_for_bit(tmp
 def test_changed_inputs_are_refused_naming_the_key_and_recomputed_with_force(tmp_path, model_dir, capsys):
     facts = _facts_file(tmp_path / "f.jsonl", 4)
     out = tmp_path / "o"
-    base = ["--steps", "2", "--metrics", "none", "--n-same", "1", "--n-other", "1", *LOOSE]
+    base = ["--steps", "2", "--metrics", "none", "--controls", "1", *LOOSE]
     assert main(_args("score", model_dir, facts, out, *base)) == 0
     card = (out / "scorecard.json").read_bytes()
-    base[base.index("--n-same") + 1] = "2"
+    base[base.index("--controls") + 1] = "2"
     assert main(_args("score", model_dir, facts, out, *base)) == 2
     err = _err(capsys)
-    assert "effects.n_same: 1 -> 2" in err and "--force" in err and err.count("\n") == 1
+    assert "effects.controls: 1 -> 2" in err and "--force" in err and err.count("\n") == 1
     assert (out / "scorecard.json").read_bytes() == card  # nothing touched
     # the same path with other content
     facts.write_text(facts.read_text().replace("the city of", "the town of"))
@@ -82,7 +82,7 @@ def test_changed_inputs_are_refused_naming_the_key_and_recomputed_with_force(tmp
     assert "facts_sha256" in _err(capsys)
     assert main(_args("score", model_dir, facts, out, *base, "--force")) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["effects.n_same"] == 2
+    assert run["effects.controls"] == 2
     assert "the town of" in (out / "neurons.jsonl").read_text()
 
 
@@ -119,7 +119,10 @@ def test_a_failed_start_writes_nothing(tmp_path, model_dir, capsys):
     assert not out.exists()
     # the corrected rerun is not refused
     f.write_text(f.read_text().replace("[Y] is the capital of [X] .", "the capital of [X] is [Y]"))
-    assert main(_args("neurons", model_dir, f, out, "--steps", "2", "--min-prompts", "1", *LOOSE)) == 0
+    args = _args("neurons", model_dir, f, out, "--steps", "2", "--min-prompts", "1", *LOOSE)
+    assert main(args) == 2  # one prompt: nothing left to measure on
+    assert "has 1 usable prompt(s) and needs 2" in _err(capsys) and not out.exists()
+    assert main([*args, "--holdout", "0"]) == 0
 
 
 def test_a_second_run_on_a_locked_out_is_refused(tmp_path, model_dir, capsys):
@@ -189,7 +192,7 @@ def test_report_on_a_partial_or_damaged_run_is_one_line(tmp_path, model_dir, cap
 def test_argument_errors_come_before_heavy_imports(tmp_path):
     code = (
         "import sys; from legibility.cli import main; "
-        "rc = main(['score', '--n-same', '-5', '--out', 'x']); "
+        "rc = main(['score', '--controls', '-5', '--out', 'x']); "
         "rc2 = main(['neurons', '--facts', '/no/such.jsonl', '--out', 'x']); "
         "print(rc, rc2, 'torch' in sys.modules, 'legibility.training' in sys.modules)"
     )
@@ -227,9 +230,11 @@ def test_settings_round_trip_through_the_run_key():
         model="m",
         attribution=AttributionConfig(steps=3),
         known=KnownConfig(limit=2),
-        effects=EffectConfig(n_same=1, seed=4),
+        effects=EffectConfig(controls=1, control_prompts=2),
         metrics=("sparsity",),
         seed=4,
+        dtype="bfloat16",
+        holdout=0.25,
     )
     key = json.loads(json.dumps(run_key(s, "f", "w")))  # as read back from run.json
     assert settings_from_key(key) == s
@@ -253,9 +258,7 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
     if "reversed-test" not in EXECUTORS:
         EXECUTORS.register("reversed-test")(reversed_executor)
     facts = load_jsonl_facts(_facts_file(tmp_path / "f.jsonl", 4))
-    settings = RunSettings(
-        known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(n_same=1, n_other=1)
-    )
+    settings = RunSettings(known=KnownConfig(top_k=1000, min_share=0.0), effects=EffectConfig(controls=1))
     from legibility.attribution import AttributionConfig
 
     settings = dataclasses.replace(settings, attribution=AttributionConfig(steps=2))
@@ -265,7 +268,6 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
         facts=facts,
         lm=tiny_lm("llama"),
         progress=False,
-        figures=False,
         shard=ShardConfig("reversed-test"),
     )
     assert len(calls) == 2

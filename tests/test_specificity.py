@@ -14,32 +14,38 @@ from legibility import AttributionConfig, LegibilityError, attribute, render
 from legibility.attribution import attribute_prompts
 from legibility.attribution.contrastive import contrast_objective, with_contrast
 from legibility.attribution.paths import path_attribution
+from legibility.facts.split import PromptSplit
 from legibility.metrics.effects import EffectConfig, EffectRunner
-from legibility.metrics.scorecard import HEADLINE, effect_metrics
+from legibility.metrics.scorecard import score_metrics
+from legibility.metrics.table import names
 from legibility.neurons import knowledge_neurons
 from planted import GATE, planted_facts, planted_lm
 
 
 def _score(lm, method: str = "ig", steps: int = 5):
+    """Neurons from each fact's selection prompts, effects on its held-out prompt (as the runner does)."""
     facts = [render(lm, f) for f in planted_facts()]
     if method == "ig-contrastive":
         facts = with_contrast(facts)
-    runner = EffectRunner(lm, facts, EffectConfig(n_same=3, n_other=2))
-    effects, sets = [], {}
+    split = PromptSplit(holdout=0.5)
+    runner = EffectRunner(lm, facts, EffectConfig(controls=3), split)
+    effects, sets, records = [], {}, []
     for r in facts:
-        scores = attribute_prompts(lm, r.prompts, method, AttributionConfig(steps=steps))
+        scores = attribute_prompts(lm, split.split(r)[0], method, AttributionConfig(steps=steps))
         kn = knowledge_neurons(r.fact.id, r.fact.relation, scores).neurons
         sets[r.fact.id] = kn
+        records.append({"fact_id": r.fact.id, "relation": r.fact.relation, "neurons": kn, "n_prompts": 3})
         effects.append(runner.fact_effects(r, kn))
-    return effect_metrics(effects), sets
+    return score_metrics(records, effects), sets
 
 
 @pytest.mark.slow  # ~10 s on a shared CPU
 def test_relation_wide_kill_switch_scores_zero_though_suppressability_is_perfect():
     m, sets = _score(planted_lm("killswitch"))
     assert all(kn == [(0, GATE + (0 if i.startswith("P36") else 1))] for i, kn in sets.items())
-    assert m["suppressability"].value > 0.99  # the old headline cannot tell
+    assert m["suppressability"].value > 0.99  # the essay's metric cannot tell
     assert m["suppression.same_relation"].value < -0.99
+    assert m["collateral.same_relation"].value > 0.99
     assert m["specific_suppressability"].value < 0.01 and m["specific_suppressability"].n == 8
     assert m["specificity.same_relation"].value == pytest.approx(1.0, abs=0.01)
     assert m["suppression.other_relation"].value == pytest.approx(0.0, abs=1e-4)
@@ -55,7 +61,7 @@ def test_fact_specific_neurons_score_high():
     assert m["specificity.same_relation"].value > 900  # own drop ~0.97 over the floored control drop
     # no kept subject has facts in two relations here: the tier is reported as not available
     assert m["suppression.same_subject"].n == 0 and math.isnan(m["suppression.same_subject"].value)
-    assert "specific_suppressability" in HEADLINE
+    assert "specific_suppressability" in names("card")
 
 
 @pytest.mark.slow  # ~8 s on a shared CPU
@@ -70,19 +76,32 @@ def test_contrastive_ig_ignores_the_relation_gate_that_plain_ig_picks():
     assert m_c["specific_suppressability"].value > 0.9
 
 
-def test_same_subject_tier_uses_kept_facts_of_the_subject_in_other_relations():
+def test_control_tiers_are_disjoint_and_what_they_say():
     lm = tiny_lm("llama")
     facts = [render(lm, f) for f in tiny_facts()]  # every subject has a P36 and a P37 fact
-    runner = EffectRunner(lm, facts, EffectConfig(n_same=2, n_other=2, n_same_subject=2))
+    runner = EffectRunner(lm, facts, EffectConfig(controls=2), PromptSplit(holdout=0.0))
     rec = runner.fact_effects(facts[0], [(0, 1), (1, 2)])
-    subject = facts[0].fact.subject
+    f0 = facts[0].fact
     by_id = {r.fact.id: r.fact for r in facts}
-    assert [by_id[c["fact_id"]].subject for c in rec["same_subject"]] == [subject]
-    assert all(by_id[c["fact_id"]].subject != subject for c in rec["other"])
-    assert all(by_id[c["fact_id"]].relation == "P36" for c in rec["same"])
-    m = effect_metrics([rec])
+    tiers = {t: [by_id[c["fact_id"]] for c in cs] for t, cs in rec["controls"].items()}
+    assert [g.subject for g in tiers["same_subject"]] == [f0.subject]
+    assert all(g.object != f0.object for g in tiers["same_subject"])
+    assert all(g.relation == f0.relation and g.subject != f0.subject for g in tiers["same_relation"])
+    assert all(g.object != f0.object for g in tiers["same_relation"])
+    assert all(
+        g.relation != f0.relation and g.subject != f0.subject and g.object != f0.object
+        for g in tiers["other_relation"]
+    )
+    assert (
+        tiers["same_object"] == [] and len(tiers["same_relation"]) == 2 and len(tiers["other_relation"]) == 2
+    )
+    record = {"fact_id": f0.id, "relation": f0.relation, "neurons": [[0, 1], [1, 2]], "n_prompts": 1}
+    m = score_metrics([record], [rec])
     assert m["suppression.same_subject"].n == 1
-    before, after = rec["same_subject"][0]["before"], rec["same_subject"][0]["suppress"]
+    before, after = (
+        rec["controls"]["same_subject"][0]["before"],
+        rec["controls"]["same_subject"][0]["suppress"],
+    )
     assert m["suppression.same_subject"].value == pytest.approx((after - before) / before)
 
 
@@ -166,3 +185,37 @@ def test_methods_refuse_queries_without_what_they_need():
     with pytest.raises(LegibilityError, match="subject"):
         attribute(lm, [replace(q, subject_pos=-1)], "ig-subject")
     assert np.isfinite(float(attribute(lm, [q], "ig-subject", AttributionConfig(steps=2))[0].sum()))
+
+
+def test_effects_measured_in_one_pass_equal_each_group_measured_alone():
+    """fact_effects batches every prompt group of one intervention into one pass; each number equals the
+    plain measurement of its group alone (held-out, selection, each control)."""
+    from legibility.interventions import Intervention, group_by_layer
+    from legibility.metrics.effects import prompt_probs
+
+    lm = tiny_lm("gpt2")
+    facts = [render(lm, f) for f in tiny_facts()]
+    split = PromptSplit(holdout=0.5, seed=1)
+    kn = [(0, 3), (1, 7)]
+    rec = EffectRunner(lm, facts, EffectConfig(controls=2), split, seed=1).fact_effects(facts[0], kn)
+    by_id = {r.fact.id: r for r in facts}
+    sel, held = split.split(facts[0])
+
+    def mean(prompts, op=None, neurons=kn):
+        iv = Intervention(group_by_layer(neurons), op) if op else None
+        return float(prompt_probs(lm, prompts, iv).mean())
+
+    assert rec["before"] == pytest.approx(mean(held), rel=1e-5)
+    assert rec["own"]["suppress"]["kn"] == pytest.approx(mean(held, "suppress"), rel=1e-5)
+    assert rec["in_sample"]["amplify"]["kn"] == pytest.approx(mean(sel, "amplify"), rel=1e-5)
+    random_set = [tuple(n) for n in rec["neuron_sets"]["random"]]
+    assert rec["own"]["suppress"]["random"] == pytest.approx(mean(held, "suppress", random_set), rel=1e-5)
+    n = 0
+    for entries in rec["controls"].values():
+        for c in entries:
+            prompts = by_id[c["fact_id"]].prompts
+            assert c["before"] == pytest.approx(mean(prompts), rel=1e-5)
+            assert c["suppress"] == pytest.approx(mean(prompts, "suppress"), rel=1e-5)
+            assert c["amplify"] == pytest.approx(mean(prompts, "amplify"), rel=1e-5)
+            n += 1
+    assert n >= 4  # same relation and other relation, two each

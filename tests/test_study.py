@@ -3,41 +3,33 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from legibility import LegibilityError
-from legibility.metrics.stats import T975, t_estimate
-from legibility.report.study import analyse_study, grid_keys, study_markdown, verdict
+from legibility.metrics.stats import t_estimate
+from legibility.report.study import analyse_study, grid_keys, load_plan, study_markdown, verdict
 
 WIDTHS = (64, 128, 512)
 SEEDS = (0, 1, 2)
 
 
-def _t_cdf(x: float, df: int) -> float:
-    """The Student-t CDF by trapezoid integration of its density (an independent reference for T975)."""
-    from math import gamma, pi, sqrt
-
-    grid = np.linspace(-x, x, 400_001)
-    c = gamma((df + 1) / 2) / (sqrt(df * pi) * gamma(df / 2))
-    dens = c * (1 + grid**2 / df) ** (-(df + 1) / 2)
-    inside = float(np.sum((dens[1:] + dens[:-1]) / 2 * np.diff(grid)))
-    return 0.5 + inside / 2
-
-
-@pytest.mark.parametrize("df", [2, 3, 5, 11, 30])
-def test_t_quantiles_match_the_integrated_density(df):
-    assert _t_cdf(T975[df - 1], df) == pytest.approx(0.975, abs=2e-4)
-
-
 def test_t_estimate_interval():
     x = np.array([1.0, 2.0, 4.0])
     e = t_estimate(x)
-    half = 4.303 * x.std(ddof=1) / np.sqrt(3)
+    half = 4.302652729911275 * x.std(ddof=1) / np.sqrt(3)  # t(0.975, 2), from a table to 15 digits
     assert (e.value, e.n) == (pytest.approx(7 / 3), 3)
     assert (e.ci_low, e.ci_high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
     assert t_estimate(np.array([0.5])).ci_low == 0.5 and t_estimate(np.array([])).n == 0
+    # above df 30 the quantile is not the normal's 1.96 (the old table's shortcut, 3.8% narrow at df 32)
+    y = np.random.default_rng(0).normal(size=33)
+    e = t_estimate(y)
+    assert (e.ci_high - e.value) / (y.std(ddof=1) / np.sqrt(33)) == pytest.approx(2.0369, abs=1e-4)
+
+
+PLAN = load_plan(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "study-hypotheses.yaml")
 
 
 def _rows(effects: dict[str, dict]) -> list[dict]:
@@ -84,7 +76,7 @@ EFFECTS = {
 def test_paired_costs_verdicts_and_width():
     rows = _rows(EFFECTS)
     assert grid_keys(rows) == ["model.d_ffn"]  # dropout's constant override is not a grid axis
-    study = analyse_study(rows)
+    study = analyse_study(rows, plan=PLAN)
     assert study["cost_metric"] == "text_val_loss" and study["points"] == [[64], [128], [512]]
     cell = {(c["variant"], c["point"][0]): c for c in study["cells"]}
     assert cell[("dropout", 128)]["cost"]["value"] == pytest.approx(0.1)
@@ -106,8 +98,9 @@ def test_paired_costs_verdicts_and_width():
     assert width["verdict"] == "held" and width["difference"]["value"] == pytest.approx(0.3)
     assert width["pooled"]["n"] == 12
     assert "SoLU" not in hyp  # a hypothesis whose variant did not run is left out, not guessed
+    assert hyp["dropout"]["p_holm"] >= hyp["dropout"]["p"]
     md = study_markdown(study)
-    assert "**dropout** (dropout is bad for interpretability): held." in md
+    assert "**dropout** (dropout is bad for interpretability): held." in md and "Holm-adjusted" in md
     assert "Goal" in md and "not reached" in md
     assert "| dropout - none | specific_suppressability | -0.100 [-0.100, -0.100] |" in md
     assert "| dropout | 64, 128, 512 | -0.100 [-0.100, -0.100] |" in md
@@ -119,7 +112,7 @@ def test_goal_and_contradiction():
         "specific_suppressability": {"spec": 0.9, "cost": 0.01},
         "locality": {"spec": -0.15},
     }
-    study = analyse_study(_rows(effects))
+    study = analyse_study(_rows(effects), plan=PLAN)
     reached = [(c["variant"], c["point"][0]) for c in study["cells"] if c["goal"]]
     assert ("specific_suppressability", 512) in reached and all(
         v == "specific_suppressability" for v, _ in reached
@@ -128,6 +121,24 @@ def test_goal_and_contradiction():
     assert hyp["locality"]["verdict"] == "contradicted"
     md = study_markdown(study)
     assert "nats): reached by specific_suppressability at d_ffn 64," in md and "at d_ffn 512." in md
+
+
+def test_holm_turns_a_lone_marginal_result_into_not_decided():
+    """One planted effect at p ~ 0.02 held alone; among six other tests Holm asks for p < 0.05 / 7."""
+    rng = np.random.default_rng(5)
+    base = {"none": {}, "locality": {"spec": 0.01}}
+    rows = _rows(base)
+    for r in rows:  # noise that leaves the difference marginal
+        if r["variant"] == "locality":
+            r["metrics"]["specific_suppressability"]["value"] += float(rng.normal(0, 0.012))
+    alone = analyse_study(rows, plan=PLAN)
+    h = {x["name"]: x for x in alone["hypotheses"]}["locality"]
+    assert h["p"] < 0.05 and h["verdict_unadjusted"] == "held"
+    for v in ("dropout", "solu", "decorrelation", "sparse_connections", "explicit_dropout"):
+        rows += [dict(r, variant=v) for r in _rows({"none": {}, v: {}}) if r["variant"] == v]
+    family = analyse_study(rows, plan=PLAN)
+    h = {x["name"]: x for x in family["hypotheses"]}["locality"]
+    assert h["p_holm"] > 0.05 and h["verdict"] == "not decided" and h["verdict_unadjusted"] == "held"
 
 
 def test_verdict_needs_two_pairs():
@@ -142,6 +153,17 @@ def test_mixed_loss_stands_in_without_held_out_text():
     for r in rows:
         del r["train"]["text_val_loss"]
     assert analyse_study(rows)["cost_metric"] == "val_loss"
+
+
+def test_plan_files_are_checked(tmp_path):
+    bad = tmp_path / "h.yaml"
+    bad.write_text("hypotheses: [{name: x, variant: a}]\n")
+    with pytest.raises(LegibilityError, match="hypothesis 1 needs exactly"):
+        load_plan(bad)
+    bad.write_text("hypotheses: []\ngoals: {}\n")
+    with pytest.raises(LegibilityError, match="unknown key"):
+        load_plan(bad)
+    assert len(PLAN.hypotheses) == 10 and PLAN.goal.at_least == 0.8
 
 
 def test_report_writes_the_study(tmp_path):
@@ -169,7 +191,7 @@ def test_report_writes_the_study(tmp_path):
             store.add_pending(cfg.name, t)
             r = fake[(t.variant, t.overrides["model.d_ffn"], t.seed)]
             store.mark_done(t.id, {"train": r["train"], "metrics": r["metrics"]})
-    page = write_report(tmp_path)
+    page = write_report(tmp_path, plan=PLAN)
     text = page.read_text()
     assert "Study: variants against the baseline" in text and "<b>dropout</b>" in text
     section = text.split("Study: variants against the baseline")[1].split("<h2>")[0]

@@ -386,7 +386,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<b>not bold</b>" not in text and "failed" in text
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "agreement.png").stat().st_size > 0
-    assert (tmp_path / "frontier_specific.png").stat().st_size > 0
+    assert (tmp_path / "frontier_suppressability.png").stat().st_size > 0
     chromium = _chromium()
     dom = subprocess.run(
         [chromium, *HEADLESS, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],

@@ -38,8 +38,6 @@ _LAZY = {
     "FactSource": "legibility.run",
     "RunResult": "legibility.run",
 }
-# Loading a model may meet a trained model's SoLU activation, which training.model registers.
-_NEEDS_ACTIVATIONS = {"load_model"}
 
 __all__ = [
     "AttributionConfig",
@@ -85,8 +83,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'legibility' has no attribute {name!r}")
-    if name in _NEEDS_ACTIVATIONS:
-        importlib.import_module("legibility.training.model")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -14,8 +14,6 @@ from pathlib import Path
 from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
 
-# Cheap independent metrics computed by default (no extra attribution runs).
-DEFAULT_METRICS = "concentration,overlap,sparsity,polysemanticity"
 # Commands whose parsers need no other package: parsing them imports nothing heavy.
 LIGHT_COMMANDS = {"neurons", "score", "sweep", "report", "results", "methods", "metrics", "download-pararel"}
 
@@ -127,6 +125,13 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         default=0.5,
         help="... for at least this share of its prompts",
     )
+    p.add_argument(
+        "--holdout",
+        type=_number(float, 0.0, 1.0, open_high=True),
+        default=0.5,
+        help="share of each fact's prompts held out from choosing its neurons; effects are measured on them "
+        "(0: choose and measure on every prompt, the paper's in-sample protocol; default %(default)s)",
+    )
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -154,19 +159,17 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     _fact_args(p)
     p.add_argument(
-        "--n-same", type=NON_NEGATIVE, default=3, help="same-relation facts each fact's neurons are tested on"
-    )
-    p.add_argument(
-        "--n-other",
+        "--controls",
         type=NON_NEGATIVE,
         default=3,
-        help="other-relation facts each fact's neurons are tested on",
+        help="control facts per collateral tier (same relation, same object, same subject, other relation) "
+        "that each fact's neurons are tested on",
     )
     p.add_argument(
         "--metrics",
-        default=DEFAULT_METRICS,
-        help="independent metrics to add to the scorecard: comma-separated names, 'all' or 'none' "
-        "(default: %(default)s; see `legibility metrics`)",
+        default="default",
+        help="independent metrics to add to the scorecard: comma-separated names, 'default' (the cheap ones "
+        "marked so in `legibility metrics`), 'all' or 'none' (default: %(default)s)",
     )
     if not light:
         from legibility.training import command as train_command
@@ -210,6 +213,12 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "(default: 'none' when the sweep has it)",
     )
     p.add_argument(
+        "--hypotheses",
+        default=None,
+        help="sweeps: a study plan (YAML: hypotheses, width, goal, alpha) checked in study.md, e.g. "
+        "configs/sweeps/study-hypotheses.yaml (default: hypotheses.yaml in the sweep directory, if any)",
+    )
+    p.add_argument(
         "--cards", type=NON_NEGATIVE, default=3, help="score directories: facts whose neurons get cards"
     )
 
@@ -220,7 +229,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         default="SELECT variant, seed, status, suppressability, fact_accuracy, val_loss FROM trials_flat",
     )
     p = sub.add_parser("methods", help="list attribution methods")
-    p = sub.add_parser("metrics", help="list the independent metrics with their definitions")
+    p = sub.add_parser(
+        "metrics", help="list the scorecard's and the independent metrics with their definitions"
+    )
     p = sub.add_parser("download-pararel", help="fetch PARAREL from upstream into the cache (needs network)")
     p.add_argument("--to", default=None, help="target folder (default: the cache)")
     return parser
@@ -253,20 +264,12 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
             threshold=args.threshold, share=args.share, min_prompts=args.min_prompts, adaptive=args.adaptive
         ),
         known=KnownConfig(top_k=args.known_top_k, min_share=args.known_share, limit=args.limit),
-        # neurons found at the subject are suppressed where they were found (every position), not only
-        # at the answer position, which they were never attributed at
-        effects=EffectConfig(
-            n_same=args.n_same,
-            n_other=args.n_other,
-            seed=args.seed,
-            where="all" if args.method == "ig-subject" else "answer",
-        )
-        if score
-        else None,
+        effects=EffectConfig(controls=args.controls) if score else None,
         metrics=tuple(metric_names),
         multi_token=args.multi_token,
         seed=args.seed,
         dtype=args.dtype,
+        holdout=args.holdout,
     )
     result = run(
         settings,
@@ -283,6 +286,11 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
             "the model knows none of the selected facts; try other --relations, a larger --limit, "
             "or a looser --known-top-k/--known-share"
         )
+    from legibility.report.figures import draw_run_figures
+
+    draw_run_figures(
+        result.out_dir, result.neuron_records, result.scorecard["metrics"], result.n_layers, args.model
+    )
     _print_card(result.scorecard["metrics"])
     print(
         f"\nresults in {result.out_dir}/: neurons.jsonl, scorecard.json, layers.png"
@@ -313,22 +321,25 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 def _metric_names(args: argparse.Namespace) -> list[str]:
     """Parse and check --metrics before any expensive work."""
     from legibility.metrics.independent import INDEPENDENT
+    from legibility.metrics.spec import default_metrics
 
     raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if raw in ([], ["none"]):
         return []
     if raw == ["all"]:
         return INDEPENDENT.names()
+    if raw == ["default"]:
+        return default_metrics()
     for name in raw:
         INDEPENDENT[name]  # unknown name: LegibilityError listing the known ones
     return raw
 
 
 def _print_card(metrics: dict[str, dict]) -> None:
-    from legibility.metrics.scorecard import HEADLINE
+    from legibility.metrics.table import names
 
     print(f"\n{'metric':34s} {'value':>9s}  {'95% CI':>21s}  {'n':>5s}")
-    for k in [*HEADLINE, *sorted(k for k in metrics if k.startswith("independent."))]:
+    for k in [*names("card"), *sorted(k for k in metrics if k.startswith("independent."))]:
         if k in metrics:
             m = metrics[k]
             if not m["n"]:  # e.g. no kept subject has facts in two relations: not measurable, not 0
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in interop_command.COMMANDS:
             return interop_command.run(args)
         if args.command == "report":
-            page = _report(Path(args.dir), args.cards, args.baseline)
+            page = _report(Path(args.dir), args.cards, args.baseline, args.hypotheses)
             print(f"report: {page}")
             return 0
         if args.command == "results":
@@ -386,19 +397,28 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "metrics":
             from legibility.metrics.independent import INDEPENDENT
+            from legibility.metrics.table import info as metric_info
+            from legibility.metrics.table import names
 
+            print("Scorecard (the card's entries; `scorecard.json` holds more, see docs/metrics.md):\n")
+            for name in names("card"):
+                entry = metric_info(name)
+                print(f"{name} ({entry.direction} is more interpretable)\n  {entry.definition}\n")
+            print("Independent metrics (--metrics):\n")
             for name in INDEPENDENT:
                 spec = INDEPENDENT[name]
+                default = ", computed by default" if spec.default else ""
                 print(
-                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit})\n  {spec.definition}\n"
+                    f"{name} ({spec.direction} is more interpretable; CI over {spec.unit}{default})\n"
+                    f"  {spec.definition}\n"
                 )
             return 0
         if args.command == "methods":
             from legibility.attribution import METHODS
 
             for name in METHODS:
-                info = METHODS[name]
-                print(f"{name:16s} {'exact' if info.exact else 'approximate':12s} {info.description}")
+                method = METHODS[name]
+                print(f"{name:16s} {'exact' if method.exact else 'approximate':12s} {method.description}")
             return 0
         if args.command == "download-pararel":
             from legibility.facts.pararel import download_pararel
@@ -421,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _report(path: Path, cards: int, baseline: str | None = None) -> Path:
+def _report(path: Path, cards: int, baseline: str | None = None, hypotheses: str | None = None) -> Path:
     """A sweep directory gets the sweep report; anything else must be a finished run."""
     if not path.is_dir():  # before the heavy imports
         raise LegibilityError(
@@ -429,11 +449,18 @@ def _report(path: Path, cards: int, baseline: str | None = None) -> Path:
         )
     if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
         from legibility.report.html import write_report
+        from legibility.report.study import load_plan
 
-        return write_report(path, baseline=baseline)
+        plan_file = Path(hypotheses) if hypotheses else path / "hypotheses.yaml"
+        plan = load_plan(plan_file) if hypotheses or plan_file.exists() else None
+        return write_report(path, baseline=baseline, plan=plan)
     from legibility.report.run_report import write_run_report
 
-    return write_run_report(path, cards)
+    if cards:
+        from legibility.editing.memory import write_run_cards
+
+        write_run_cards(path, cards)
+    return write_run_report(path)
 
 
 if __name__ == "__main__":

@@ -10,22 +10,23 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from legibility.attribution import AttributionConfig, attribute_prompts
+from legibility.attribution import METHODS, AttributionConfig, attribute_prompts
 from legibility.attribution.contrastive import with_contrast
+from legibility.facts.known import KnownConfig
 from legibility.facts.render import render
+from legibility.facts.split import PromptSplit
 from legibility.facts.types import Fact, RenderedFact
 from legibility.forward import predict
 from legibility.metrics.effects import EffectConfig, EffectRunner
 from legibility.metrics.scorecard import scorecard
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig, knowledge_neurons
-from legibility.run import KnownConfig
 from legibility.sharding import ModelSpec, ShardConfig, map_facts
 from legibility.store import JsonlStore, atomic_write_json
 
@@ -41,7 +42,7 @@ __all__ = [
 
 
 NEURON_KEYS = ("fact_id", "relation", "neurons", "n_prompts")
-EFFECT_KEYS = ("fact_id", "relation", "before", "own", "same", "other")
+EFFECT_KEYS = ("fact_id", "relation", "before", "own", "controls")
 
 
 @dataclass
@@ -133,13 +134,17 @@ class NeuronStage:
     method: str = "ig"
     attribution: AttributionConfig | None = None
     neurons: NeuronConfig = field(default_factory=NeuronConfig)
+    split: PromptSplit = field(default_factory=PromptSplit)  # only the selection prompts are attributed
 
     def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
-        ncfg = self.neurons
+        # The fact's usable prompts were checked against min_prompts when it was selected; its selection
+        # prompts (the ones refined over) may be fewer.
+        ncfg = replace(self.neurons, min_prompts=1)
 
         def compute(r: RenderedFact) -> dict:
+            selection, heldout = self.split.split(r)
             scores = attribute_prompts(
-                lm, r.prompts, self.method, self.attribution
+                lm, selection, self.method, self.attribution
             )  # [prompts, layers, neurons]
             kn = knowledge_neurons(r.fact.id, r.fact.relation, scores, ncfg)
             mean = scores.mean(0).flatten()
@@ -150,8 +155,10 @@ class NeuronStage:
                 "subject": r.fact.subject,
                 "object": r.fact.object,
                 "prompts": [p.text for p in r.prompts],
+                "selection_prompts": [p.text for p in selection],
+                "heldout_prompts": [p.text for p in heldout],
                 "n_prompts": len(r.prompts),
-                "min_prompts": ncfg.min_prompts,
+                "min_prompts": self.neurons.min_prompts,
                 "neurons": [list(n) for n in kn.neurons],
                 "share": kn.share,
                 "coarse_sizes": [len(c) for c in kn.coarse],
@@ -171,9 +178,12 @@ class EffectStage:
     pool: tuple[RenderedFact, ...]
     neurons: dict[str, list]  # fact id -> its knowledge neurons as [layer, index]
     config: EffectConfig | None = None
+    split: PromptSplit = field(default_factory=PromptSplit)  # effects are measured on held-out prompts
+    seed: int = 0  # random neurons and control facts
+    where: str = "answer"  # positions intervened on (the attribution method's entry says)
 
     def __call__(self, lm: LoadedModel) -> Callable[[RenderedFact], dict]:
-        runner = EffectRunner(lm, self.pool, self.config)
+        runner = EffectRunner(lm, self.pool, self.config, self.split, self.seed, self.where)
         return lambda r: runner.fact_effects(r, [tuple(n) for n in self.neurons[r.fact.id]])  # type: ignore[misc]
 
 
@@ -186,15 +196,18 @@ def find_neurons(
     neurons: NeuronConfig | None = None,
     progress: bool = True,
     *,
+    split: PromptSplit | None = None,
     model: ModelSpec | None = None,
     shard: ShardConfig | None = None,
 ) -> list[dict]:
-    """Knowledge neurons of every fact, appended to ``out_dir/neurons.jsonl`` as each fact finishes.
+    """Knowledge neurons of every fact (from its selection prompts), appended to ``out_dir/neurons.jsonl``
+    as each fact finishes.
 
     ``shard`` spreads the facts over Ray workers that load ``model`` themselves (see :mod:`legibility.sharding`).
     """
-    facts = with_contrast(facts)  # the relation's other objects, for contrastive attribution
-    stage = NeuronStage(method, attribution, neurons or NeuronConfig())
+    if METHODS[method].contrast:
+        facts = with_contrast(facts)  # the relation's other objects
+    stage = NeuronStage(method, attribution, neurons or NeuronConfig(), split or PromptSplit())
     store = JsonlStore(Path(out_dir) / "neurons.jsonl", required=NEURON_KEYS)
     return map_facts(
         stage, facts, store, lm=lm, model=model, shard=shard, desc="knowledge neurons", progress=progress
@@ -209,13 +222,24 @@ def measure_effects(
     config: EffectConfig | None = None,
     progress: bool = True,
     *,
+    split: PromptSplit | None = None,
+    seed: int = 0,
+    method: str = "ig",
     model: ModelSpec | None = None,
     shard: ShardConfig | None = None,
 ) -> list[dict]:
-    """Suppression/amplification effects with controls for every fact that has knowledge neurons."""
+    """Suppression/amplification effects with controls (on held-out prompts) for every fact that has
+    knowledge neurons; ``method`` (the one that found them) says where they are intervened on."""
     by_id = {rec["fact_id"]: rec["neurons"] for rec in neuron_records}
     targets = [r for r in facts if by_id.get(r.fact.id)]
-    stage = EffectStage(tuple(facts), {r.fact.id: by_id[r.fact.id] for r in targets}, config)
+    stage = EffectStage(
+        tuple(facts),
+        {r.fact.id: by_id[r.fact.id] for r in targets},
+        config,
+        split or PromptSplit(),
+        seed,
+        METHODS[method].where,
+    )
     store = JsonlStore(Path(out_dir) / "effects.jsonl", required=EFFECT_KEYS)
     return map_facts(
         stage, targets, store, lm=lm, model=model, shard=shard, desc="suppress/amplify", progress=progress
@@ -231,12 +255,14 @@ def save_selection(out_dir: Path, selection: FactSelection) -> None:
 def write_scorecard(
     out_dir: str | Path,
     neuron_records: Sequence[dict],
-    effects: Sequence[dict],
+    effects: Sequence[dict] | None,
     settings: dict,
     extra: dict[str, dict] | None = None,
+    seed: int = 0,
 ) -> dict:
-    """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones)."""
+    """scorecard.json: the suppression scorecard plus ``extra`` metrics (e.g. the independent ones);
+    ``effects`` None for a run that measured none."""
     out = Path(out_dir)
-    card = {"metrics": {**scorecard(neuron_records, effects), **(extra or {})}, "settings": settings}
+    card = {"metrics": {**scorecard(neuron_records, effects, seed), **(extra or {})}, "settings": settings}
     atomic_write_json(out / "scorecard.json", card)
     return card

@@ -41,3 +41,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, item) in the order they were registered (display order where it matters)."""
+        return list(self._items.items())

@@ -9,8 +9,9 @@ that differ, or, with ``force=True``, recomputed from scratch.
 
 Everything is validated before anything is written to the output directory, so a failed start never
 leaves a half-made run behind. Files: ``run.json`` (the key), ``facts.json`` (the kept facts in order,
-and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl``, ``scorecard.json`` and the
-figures drawn by :func:`legibility.report.figures.draw_run_figures`.
+and why the others were dropped), ``neurons.jsonl``, ``effects.jsonl`` and ``scorecard.json``. The runner
+writes results; figures are the caller's (the CLI draws them with
+:func:`legibility.report.figures.draw_run_figures`).
 
 The neuron and effect stages are maps over facts that append one record per fact to a JSONL store
 (:func:`legibility.sharding.map_facts`): in this process by default, or spread over Ray workers that load
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legibility.errors import LegibilityError
+from legibility.facts.known import KnownConfig
 from legibility.sharding import ModelSpec, ShardConfig
 from legibility.store import (
     atomic_write_json,
@@ -43,6 +45,7 @@ from legibility.store import (
 # the stage configs are imported where they are built.
 if TYPE_CHECKING:
     from legibility.attribution.base import AttributionConfig
+    from legibility.facts.split import PromptSplit
     from legibility.facts.types import Fact, RenderedFact
     from legibility.metrics.effects import EffectConfig
     from legibility.models.loading import LoadedModel
@@ -57,16 +60,6 @@ RESULT_FILES = (
     "suppression.png",
     "report.html",
 )
-
-
-@dataclass(frozen=True)
-class KnownConfig:
-    """Which facts count as known by the model (only those are attributed)."""
-
-    top_k: int = 1  # the target must be within the model's top k predictions ...
-    min_share: float = 0.5  # ... on at least this share of the fact's usable prompts
-    limit: int | None = None  # keep at most this many known facts per relation (None: all)
-    scan: int = 20  # with a limit, examine at most limit * scan candidate facts per relation
 
 
 def _attribution() -> AttributionConfig:
@@ -100,8 +93,22 @@ class RunSettings:
     effects: EffectConfig | None = field(default_factory=_effects)  # None: neurons only, no effects
     metrics: tuple[str, ...] = ()  # independent metrics added to the scorecard
     multi_token: bool = False  # allow multi-token targets (gold continuation)
-    seed: int = 0  # fact sampling, random controls, metrics
+    seed: int = 0  # fact sampling, prompt splits, random controls, metrics
     dtype: str = "float32"  # the model's dtype; anything else gives approximate scores (keyed)
+    # share of each fact's prompts held out from selecting its neurons, on which effects are measured
+    # (0: select and measure on every prompt, the paper's in-sample protocol)
+    holdout: float = 0.5
+
+    @property
+    def split(self) -> PromptSplit:
+        from legibility.facts.split import PromptSplit
+
+        return PromptSplit(self.holdout, self.seed)
+
+    @property
+    def min_prompts(self) -> int:
+        """Usable prompts a fact needs: the neuron setting's, and two when prompts are held out."""
+        return max(self.neurons.min_prompts, 2 if self.holdout > 0 else 1)
 
     def validate(self) -> None:
         """Refuse out-of-range settings with one line each (before any work)."""
@@ -116,12 +123,15 @@ class RunSettings:
             (0.0 <= k.min_share <= 1.0, f"known share must be in [0, 1], got {k.min_share}"),
             (k.limit is None or k.limit >= 1, f"limit must be >= 1, got {k.limit}"),
             (k.scan >= 1, f"known scan must be >= 1, got {k.scan}"),
+            (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
         ]
         if e is not None:
             checks += [
-                (e.n_same >= 0, f"n_same must be >= 0, got {e.n_same}"),
-                (e.n_other >= 0, f"n_other must be >= 0, got {e.n_other}"),
-                (e.control_prompts >= 1, f"control prompts must be >= 1, got {e.control_prompts}"),
+                (e.controls >= 0, f"controls per tier must be >= 0, got {e.controls}"),
+                (
+                    e.control_prompts is None or e.control_prompts >= 1,
+                    f"control prompts must be >= 1, got {e.control_prompts}",
+                ),
                 (e.batch_size >= 1, f"effect batch size must be >= 1, got {e.batch_size}"),
             ]
         for ok, message in checks:
@@ -336,15 +346,21 @@ def check_context(lm: LoadedModel, facts: Iterable[RenderedFact]) -> None:
                 )
 
 
-def check_user_facts(lm: LoadedModel, facts: Sequence[Fact], multi_token: bool) -> None:
+def check_user_facts(lm: LoadedModel, facts: Sequence[Fact], multi_token: bool, min_prompts: int = 1) -> None:
     """User facts must be usable as given: say which one is not and why, rather than silently drop it."""
     from legibility.facts.render import MULTI_TOKEN, NOT_AT_END, render
 
     for f in facts:
         r = render(lm, f, multi_token)
         check_context(lm, [r])
-        if r.prompts:
+        if len(r.prompts) >= min_prompts:
             continue
+        if r.prompts:
+            raise LegibilityError(
+                f"fact {f.id!r} has {len(r.prompts)} usable prompt(s) and needs {min_prompts}: its neurons are "
+                "chosen on some paraphrases and measured on others; add paraphrases, or pass --holdout 0 "
+                "(measure on the prompts that chose the neurons) and --min-prompts 1"
+            )
         if NOT_AT_END in r.skipped:
             raise LegibilityError(
                 f"fact {f.id!r}: the object slot [Y] must end every prompt of a causal LM "
@@ -372,10 +388,13 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_key(settings: RunSettings, facts_hash: str, weights_hash: str) -> dict:
-    """The flat run key: every setting plus the content hashes of facts and weights."""
+    """The flat run key: every setting plus the content hashes of facts and weights, and the version of
+    the scorecard's definitions (a run made under other definitions is recomputed, not mixed)."""
+    from legibility.metrics.scorecard import VERSION
+
     return {
         **_flat(asdict(settings)),
-        "version": 1,
+        "version": VERSION,
         "facts_sha256": facts_hash,
         "weights_sha256": weights_hash,
     }
@@ -402,7 +421,6 @@ def run(
     lm: LoadedModel | None = None,
     force: bool = False,
     progress: bool = True,
-    figures: bool = True,
     shard: ShardConfig | None = None,
     device: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -433,7 +451,6 @@ def run(
         weights = weights_digest_of(settings.model)
         if weights is not None:  # refuse a changed key before spending time on loading the model
             _check_key(out, run_key(settings, facts_hash, weights), force)
-        _register_activations()
         if not progress:
             from transformers.utils import logging as hf_logging
 
@@ -444,22 +461,18 @@ def run(
     if lm.precision != settings.dtype:  # a model passed in runs in its own dtype: key the run with it
         settings = dataclasses.replace(settings, dtype=lm.precision)
     if inputs.user_file:
-        check_user_facts(lm, inputs.facts, settings.multi_token)
+        check_user_facts(lm, inputs.facts, settings.multi_token, settings.min_prompts)
     key = run_key(settings, facts_hash, weights_digest(lm))
     _check_key(out, key, force)
     try:
         with run_lock(out):
-            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, figures, shard, log)
+            return _run_locked(settings, out, key, inputs.facts, lm, force, progress, shard, log)
     except OSError as e:
         if is_disk_error(e):
             raise LegibilityError(
                 f"cannot write to {out}: {e.strerror}; free space or choose another --out"
             ) from e
         raise
-
-
-def _register_activations() -> None:
-    import legibility.training.model  # noqa: F401  (registers SoLU with transformers, for trained models)
 
 
 def _check_key(out: Path, key: dict, force: bool) -> None:
@@ -493,7 +506,6 @@ def _run_locked(
     lm: LoadedModel,
     force: bool,
     progress: bool,
-    figures: bool,
     shard: ShardConfig | None,
     log: Callable[[str], None] | None,
 ) -> RunResult:
@@ -522,13 +534,24 @@ def _run_locked(
         settings.attribution,
         settings.neurons,
         progress,
+        split=settings.split,
         model=spec,
         shard=shard,
     )
     effects: list[dict] = []
     if settings.effects is not None:
         effects = pipeline.measure_effects(
-            lm, kept, records, out, settings.effects, progress, model=spec, shard=shard
+            lm,
+            kept,
+            records,
+            out,
+            settings.effects,
+            progress,
+            split=settings.split,
+            seed=settings.seed,
+            method=settings.method,
+            model=spec,
+            shard=shard,
         )
     extra: dict[str, dict] = {}
     if settings.metrics:
@@ -545,17 +568,8 @@ def _run_locked(
             attribution=settings.attribution,
         )
         extra = {k: v.to_dict() for k, v in compute_metrics(list(settings.metrics), ctx).items()}
-    card = pipeline.write_scorecard(out, records, effects, key, extra)
-    if figures:
-        from legibility.report.figures import draw_run_figures
-
-        draw_run_figures(
-            out,
-            records,
-            card["metrics"],
-            lm.sites.n_layers,
-            settings.model if lm.name == settings.model else lm.name,
-        )
+    measured = effects if settings.effects is not None else None
+    card = pipeline.write_scorecard(out, records, measured, key, extra, settings.seed)
     return RunResult(out, key, report, kept, records, effects, card, lm.sites.n_layers)
 
 
@@ -584,7 +598,7 @@ def _known_facts(
         lm,
         facts,
         settings.known,
-        settings.neurons.min_prompts,
+        settings.min_prompts,
         settings.multi_token,
         settings.seed,
         progress,
@@ -622,6 +636,8 @@ def settings_from_key(key: Mapping[str, Any]) -> RunSettings:
         metrics=tuple(key.get("metrics", ())),
         multi_token=bool(key.get("multi_token", False)),
         seed=int(key.get("seed", 0)),
+        dtype=str(key.get("dtype", "float32")),
+        holdout=float(key.get("holdout", 0.0)),
     )
 
 

@@ -71,9 +71,15 @@ Method = Callable[[LoadedModel, Sequence[Query], AttributionConfig], Tensor]
 
 @dataclass(frozen=True)
 class MethodInfo:
+    """An attribution method and what its callers must know about it."""
+
     fn: Method
     exact: bool  # True: gives the reference integrated-gradients scores (up to float error)
     description: str
+    # where the neurons it finds act, hence where suppression must act: "answer" (the answer position) or
+    # "all" (every position, for neurons located elsewhere, e.g. at the last subject token)
+    where: str = "answer"
+    contrast: bool = False  # needs each query's contrast_ids (the relation's other objects)
 
 
 METHODS: Registry[MethodInfo] = Registry("attribution method")

@@ -71,5 +71,6 @@ METHODS.register("ig-contrastive")(
         contrastive_ig,
         exact=False,  # exact IG, but of a different objective than the reference's p(target)
         description="integrated gradients of log p(target) - log sum p(other objects of the relation)",
+        contrast=True,
     )
 )

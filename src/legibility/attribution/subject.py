@@ -3,8 +3,8 @@ factual recall in mid-layer MLPs.
 
 The neurons scaled along the path are those at the subject's last token (``Query.subject_pos``, set by
 :func:`legibility.facts.render.render`); the objective is p(target) at the answer position, as in plain IG.
-Measure the effect of such neurons with ``EffectConfig(where="all")``: suppressing them at the answer
-position alone tests a position they were not found at.
+Its registry entry says ``where="all"``: the runner suppresses such neurons at every position, since
+suppressing them at the answer position alone tests a position they were not found at.
 """
 
 from __future__ import annotations
@@ -38,5 +38,6 @@ METHODS.register("ig-subject")(
         subject_ig,
         exact=False,  # exact IG, but of the neurons at the last subject token, not the answer position
         description="integrated gradients of p(target) for the neurons at the last subject token",
+        where="all",
     )
 )

@@ -6,11 +6,11 @@ from legibility.editing.evaluate import EditCase, EditEvaluator, EvalConfig, eva
 from legibility.editing.memory import (
     CardConfig,
     NeuronCard,
-    card_html,
     card_text,
     fact_neuron_cards,
     neuron_card,
     value_logits,
+    write_run_cards,
 )
 from legibility.editing.values import (
     ValueEdit,
@@ -30,7 +30,6 @@ __all__ = [
     "EvalConfig",
     "NeuronCard",
     "ValueEdit",
-    "card_html",
     "card_text",
     "edit_neurons",
     "embedding_matrix",
@@ -47,4 +46,5 @@ __all__ = [
     "value_logits",
     "value_matrix",
     "value_vector",
+    "write_run_cards",
 ]

@@ -139,10 +139,11 @@ def _parse_neuron(text: str) -> tuple[int, int]:
 
 
 def _neuron(lm, args) -> int:
-    from legibility.editing.memory import CardConfig, card_html, card_text, neuron_card
+    from legibility.editing.memory import CardConfig, card_text, neuron_card
     from legibility.facts.pararel import load_pararel
     from legibility.facts.render import render
     from legibility.metrics.text import SAMPLE_TEXT
+    from legibility.report.cards import card_html
 
     layer, index = _parse_neuron(args.neuron)
     relations = [r for r in args.relations.split(",") if r]

@@ -18,9 +18,9 @@ activation on the fact prompts it is read over, see :func:`serving_sign`): conte
 from __future__ import annotations
 
 import contextlib
-import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -235,34 +235,6 @@ def card_text(card: NeuronCard) -> str:
     return "\n".join(lines)
 
 
-def card_html(card: NeuronCard) -> str:
-    """A self-contained, escaped HTML fragment for the report (class names prefixed ``lg-card``)."""
-    e = html.escape
-
-    def tokens(ts: list[TokenScore]) -> str:
-        return " ".join(f'<code title="{t.logit:+.3f}">{e(t.token)}</code>' for t in ts)
-
-    rows = "".join(
-        f"<tr><td>{c.activation:+.3f}</td><td>{e(c.source)}</td><td>{e(c.text)}</td>"
-        f"<td><code>{e(c.next_token)}</code>{' &#10003;' if c.promoted else ''}</td></tr>"
-        for c in card.contexts
-    )
-    agreement = (
-        f"<p>agreement {card.agreement:.2f} (chance {card.agreement_chance:.3f}, "
-        f"{card.n_contexts} contexts)</p>"
-        if card.agreement is not None
-        else ""
-    )
-    notes = "".join(f"<p class='lg-card-note'>{e(n)}</p>" for n in card.notes)
-    return (
-        f'<div class="lg-card"><h4>neuron L{card.layer}:{card.index} <small>{e(card.model)}, '
-        f"|v| = {card.value_norm:.3f}</small></h4>"
-        f"<p>promotes: {tokens(card.promoted)}</p><p>suppresses: {tokens(card.suppressed)}</p>{agreement}"
-        f'<table class="lg-card-contexts"><tr><th>activation</th><th>source</th><th>context</th>'
-        f"<th>next token</th></tr>{rows}</table>{notes}</div>"
-    )
-
-
 def fact_neuron_cards(
     lm: LoadedModel,
     neurons: Sequence[tuple[int, int]],
@@ -272,3 +244,36 @@ def fact_neuron_cards(
 ) -> list[NeuronCard]:
     """Cards for a fact's knowledge neurons, read over the given fact prompts and text."""
     return [neuron_card(lm, layer, index, prompts, text, config) for layer, index in neurons]
+
+
+def write_run_cards(run_dir: str | Path, n_facts: int = 3, per_fact: int = 5) -> Path:
+    """``cards.json`` of a finished scoring run: the cards of up to ``per_fact`` knowledge neurons of its
+    first ``n_facts`` facts with neurons, read over the fact's prompts and the sample text. The run's model
+    is loaded as the run loaded it; the run report renders the file without loading anything."""
+    from legibility.facts.render import render
+    from legibility.facts.types import Fact
+    from legibility.models.loading import load_model
+    from legibility.run import check_finished
+    from legibility.store import atomic_write_json
+
+    run = Path(run_dir)
+    card, records = check_finished(run)
+    settings = card.get("settings", {})
+    out: list[dict] = []
+    if n_facts and settings.get("model"):
+        lm = load_model(settings["model"], site=settings.get("site") or "ffn")
+        for rec in [r for r in records if r["neurons"]][:n_facts]:
+            prompts = []
+            if lm.kind == "causal":  # stored texts end where the object begins; masked ones hold the mask
+                for text in rec["prompts"]:
+                    fact = Fact(rec["subject"], rec["relation"], rec["object"], (text + " [Y]",))
+                    prompts += render(lm, fact).prompts
+            cards = fact_neuron_cards(lm, [tuple(n) for n in rec["neurons"]][:per_fact], prompts)
+            out.append(
+                {
+                    "fact": [rec["subject"], rec["relation"], rec["object"]],
+                    "cards": [asdict(c) for c in cards],
+                }
+            )
+    atomic_write_json(run / "cards.json", out)
+    return run / "cards.json"

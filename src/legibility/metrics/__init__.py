@@ -1,5 +1,5 @@
 from legibility.metrics.effects import EffectConfig, EffectRunner, prompt_probs
-from legibility.metrics.scorecard import effect_metrics, layer_histogram, neuron_metrics, scorecard
+from legibility.metrics.scorecard import fact_score, layer_histogram, score_metrics, scorecard
 from legibility.metrics.stats import Estimate, bootstrap
 
 __all__ = [
@@ -7,9 +7,9 @@ __all__ = [
     "EffectRunner",
     "Estimate",
     "bootstrap",
-    "effect_metrics",
+    "fact_score",
     "layer_histogram",
-    "neuron_metrics",
     "prompt_probs",
+    "score_metrics",
     "scorecard",
 ]

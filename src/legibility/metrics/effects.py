@@ -1,16 +1,20 @@
 """Per-fact effects of suppressing and amplifying knowledge neurons, with controls.
 
-For a fact f with knowledge neurons K (paper protocol, intervention at the answer position only):
+For a fact f with knowledge neurons K (paper protocol: intervention at the answer position only, or at
+every position for methods that locate neurons elsewhere), every p below is measured on f's *held-out*
+prompts (:class:`legibility.facts.split.PromptSplit`), which did not choose K:
 
-* own: p(correct) of f's prompts with K suppressed (x0) / amplified (x2), against the unmodified model;
+* own: p(correct) with K suppressed (x0) / amplified (x2), against the unmodified model;
 * controls on f: the same for *random* neurons (same count per layer as K, seeded by the fact) and for
-  *activation-selected* neurons (the |K| neurons with the largest mean activation over f's prompts);
-* specificity: K of f suppressed / amplified, measured on three control tiers of other facts: ``same``
-  (same relation, other subject), ``same_subject`` (same subject, other relation; only where the subject
-  has kept facts in other relations, else the tier is empty) and ``other`` (other relation and other
-  subject).
+  *activation-selected* neurons (the |K| neurons with the largest mean activation over f's selection
+  prompts);
+* in-sample: the own and random interventions on f's selection prompts (to size the selection bias);
+* collateral: K suppressed / amplified, measured on other facts in four disjoint tiers (see
+  :data:`legibility.metrics.scorecard.TIERS`): ``same_object`` (same object), ``same_subject`` (same
+  subject, other object), ``same_relation`` (same relation, other subject and object) and
+  ``other_relation`` (other relation, subject and object). A tier is empty where the pool has no such fact.
 
-p(correct) of a prompt is the product over its target tokens (one for single-token targets); a fact's p is
+p(correct) of a prompt is the product over its target tokens (one for single-token targets); a set's p is
 the mean over its prompts. Relative change = (p_after - p_before) / p_before.
 """
 
@@ -23,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from legibility.facts.types import PromptQueries, RenderedFact
+from legibility.facts.split import PromptSplit
+from legibility.facts.types import Fact, PromptQueries, RenderedFact
 from legibility.forward import answer_activations, predict
 from legibility.interventions import Intervention, Op, group_by_layer
+from legibility.metrics.scorecard import TIERS
 from legibility.models.loading import LoadedModel
 from legibility.neurons import Neuron
 
@@ -37,15 +43,9 @@ CONTROLS = ("kn", "random", "activation")
 class EffectConfig:
     """Which control measurements accompany each fact."""
 
-    n_same: int = 3  # other facts of the same relation on which the fact's neurons are tested
-    n_other: int = 3  # facts of other relations and other subjects on which they are tested
-    n_same_subject: int = 3  # facts of the same subject in other relations (where the subject has any)
-    control_prompts: int = 4  # prompts used per control fact (all prompts are used for the fact itself)
-    seed: int = 0  # sampling of random neurons and control facts
+    controls: int = 3  # control facts per collateral tier (fewer where the pool has fewer)
+    control_prompts: int | None = None  # prompts per control fact, a seeded sample (None: all its prompts)
     batch_size: int = 64
-    # where the neurons are intervened on: "answer" (paper protocol) or "all" positions (for neurons
-    # located at another position, e.g. the last subject token)
-    where: str = "answer"
 
 
 def prompt_probs(
@@ -89,65 +89,139 @@ def activation_neurons(
     return sorted((int(i) // acts.shape[1], int(i) % acts.shape[1]) for i in top)
 
 
-class EffectRunner:
-    """Measures :func:`fact_effects` for many facts, caching the unmodified p of control facts."""
+def control_tier(fact: Fact, other: Fact) -> str | None:
+    """The collateral tier of ``other`` for ``fact`` (None for the fact itself)."""
+    if other.id == fact.id:
+        return None
+    if other.object == fact.object:
+        return "same_object"
+    if other.subject == fact.subject:
+        return "same_subject"
+    if other.relation == fact.relation:
+        return "same_relation"
+    return "other_relation"
 
-    def __init__(self, lm: LoadedModel, pool: Sequence[RenderedFact], config: EffectConfig | None = None):
+
+class EffectRunner:
+    """Measures :meth:`fact_effects` for many facts, caching the unmodified p of control facts.
+
+    ``where``: the positions the neurons are intervened on, "answer" (paper protocol) or "all" (neurons
+    located at another position; the attribution method's registry entry says which)."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        pool: Sequence[RenderedFact],
+        config: EffectConfig | None = None,
+        split: PromptSplit | None = None,
+        seed: int = 0,
+        where: str = "answer",
+    ):
         self.lm = lm
         self.cfg = config or EffectConfig()
+        self.split = split or PromptSplit()
+        self.seed = seed
+        self.where = where
         self.pool = list(pool)
         self._baseline: dict[str, float] = {}
 
     def _controls(self, fact: RenderedFact) -> dict[str, list[RenderedFact]]:
-        rng = random.Random(f"{self.cfg.seed}|{fact.fact.id}")
-        rel, subj = fact.fact.relation, fact.fact.subject
-        same = [r for r in self.pool if r.fact.relation == rel and r.fact.id != fact.fact.id]
-        other = [r for r in self.pool if r.fact.relation != rel and r.fact.subject != subj]
-        same_subject = [r for r in self.pool if r.fact.relation != rel and r.fact.subject == subj]
-        return {
-            "same": rng.sample(same, min(self.cfg.n_same, len(same))),
-            "other": rng.sample(other, min(self.cfg.n_other, len(other))),
-            "same_subject": rng.sample(same_subject, min(self.cfg.n_same_subject, len(same_subject))),
-        }
+        rng = random.Random(f"{self.seed}|{fact.fact.id}")
+        tiers: dict[str, list[RenderedFact]] = {t: [] for t in TIERS}
+        for r in self.pool:
+            if (tier := control_tier(fact.fact, r.fact)) is not None:
+                tiers[tier].append(r)
+        return {t: rng.sample(c, min(self.cfg.controls, len(c))) for t, c in tiers.items()}
 
-    def _p(self, r: RenderedFact, prompts: Sequence[PromptQueries], iv: Intervention | None) -> float:
-        key = f"{r.fact.id}|{len(prompts)}"  # control facts use only their first prompts
-        if iv is None and key in self._baseline:
-            return self._baseline[key]
-        p = float(prompt_probs(self.lm, prompts, iv, self.cfg.batch_size).mean())
-        if iv is None:
-            self._baseline[key] = p
-        return p
+    def _control_prompts(self, r: RenderedFact) -> list[PromptQueries]:
+        k = self.cfg.control_prompts
+        if k is None or k >= len(r.prompts):
+            return list(r.prompts)
+        chosen = sorted(random.Random(f"{self.seed}|{r.fact.id}|controls").sample(range(len(r.prompts)), k))
+        return [r.prompts[i] for i in chosen]
+
+    def _means(self, groups: Sequence[Sequence[PromptQueries]], iv: Intervention | None) -> list[float]:
+        """Mean p(correct) of each group of prompts, all groups in one pass of the model (the same
+        intervention applies to all of them)."""
+        flat = [p for g in groups for p in g]
+        if not flat:
+            return [float("nan")] * len(groups)
+        probs = prompt_probs(self.lm, flat, iv, self.cfg.batch_size)
+        out, i = [], 0
+        for g in groups:
+            out.append(float(probs[i : i + len(g)].mean()))
+            i += len(g)
+        return out
+
+    def _baselines(self, groups: dict[str, Sequence[PromptQueries]]) -> dict[str, float]:
+        """Unmodified mean p of each keyed group, computed once per key for the whole run."""
+        todo = [k for k in groups if k not in self._baseline]
+        self._baseline.update(zip(todo, self._means([groups[k] for k in todo], None), strict=True))
+        return {k: self._baseline[k] for k in groups}
+
+    def _intervention(self, neurons: Sequence[Neuron], op: Op) -> Intervention:
+        return Intervention(group_by_layer(list(neurons)), op, where=self.where)  # type: ignore[arg-type]
 
     def fact_effects(self, fact: RenderedFact, neurons: Sequence[Neuron]) -> dict:
-        """A JSON-ready record of p before/after every intervention for one fact."""
+        """A JSON-ready record of p before/after every intervention for one fact.
+
+        Every prompt group that one intervention applies to (the fact's held-out and selection prompts, all
+        its control facts' prompts) is measured in one pass: seven passes per fact."""
         lm, cfg = self.lm, self.cfg
+        fid = fact.fact.id
+        selection, heldout = self.split.split(fact)
+        in_sample = self.split.holdout > 0
         sets = {
             "kn": list(neurons),
-            "random": random_neurons(neurons, lm.sites.n_neurons, f"{cfg.seed}|{fact.fact.id}"),
-            "activation": activation_neurons(lm, fact.prompts, len(neurons), cfg.batch_size),
+            "random": random_neurons(neurons, lm.sites.n_neurons, f"{self.seed}|{fid}"),
+            "activation": activation_neurons(lm, selection, len(neurons), cfg.batch_size),
         }
-        record: dict = {
-            "fact_id": fact.fact.id,
-            "relation": fact.fact.relation,
-            "n_neurons": len(neurons),
-            "before": self._p(fact, fact.prompts, None),
-            "own": {op: {} for op in OPS},
-            "same": [],
-            "other": [],
-            "same_subject": [],
-            "neuron_sets": {k: [list(n) for n in v] for k, v in sets.items() if k != "kn"},
-        }
+        controls = [
+            (tier, r, self._control_prompts(r)) for tier, rs in self._controls(fact).items() for r in rs
+        ]
+        before = self._baselines(
+            {
+                f"{fid}|heldout": heldout,
+                **({f"{fid}|selection": selection} if in_sample else {}),
+                **{f"{r.fact.id}|control": prompts for _, r, prompts in controls},
+            }
+        )
+        own: dict[str, dict[str, float]] = {op: {} for op in OPS}
+        sample: dict[str, dict[str, float]] = {op: {} for op in OPS}
+        after: dict[str, list[float]] = {}
         for op in OPS:
             for name, chosen in sets.items():
-                iv = Intervention(group_by_layer(chosen), op, where=cfg.where)  # type: ignore[arg-type]
-                record["own"][op][name] = self._p(fact, fact.prompts, iv)
-        for group, facts in self._controls(fact).items():
-            for r in facts:
-                prompts = r.prompts[: cfg.control_prompts]
-                entry = {"fact_id": r.fact.id, "before": self._p(r, prompts, None)}
-                for op in OPS:
-                    iv = Intervention(group_by_layer(list(neurons)), op, where=cfg.where)  # type: ignore[arg-type]
-                    entry[op] = self._p(r, prompts, iv)
-                record[group].append(entry)
+                groups: list[Sequence[PromptQueries]] = [heldout]
+                if in_sample and name != "activation":
+                    groups.append(selection)
+                if name == "kn":
+                    groups += [prompts for _, _, prompts in controls]
+                means = self._means(groups, self._intervention(chosen, op))
+                own[op][name] = means[0]
+                if in_sample and name != "activation":
+                    sample[op][name] = means[1]
+                if name == "kn":
+                    after[op] = means[-len(controls) :] if controls else []
+        record: dict = {
+            "fact_id": fid,
+            "relation": fact.fact.relation,
+            "subject": fact.fact.subject,
+            "object": fact.fact.object,
+            "n_neurons": len(neurons),
+            "prompts": {"selection": len(selection), "heldout": len(heldout)},
+            "before": before[f"{fid}|heldout"],
+            "own": own,
+            "controls": {tier: [] for tier in TIERS},
+            "neuron_sets": {k: [list(n) for n in v] for k, v in sets.items() if k != "kn"},
+        }
+        if in_sample:
+            record["in_sample"] = {"before": before[f"{fid}|selection"], **sample}
+        for i, (tier, r, _) in enumerate(controls):
+            entry = {
+                "fact_id": r.fact.id,
+                "relation": r.fact.relation,
+                "before": before[f"{r.fact.id}|control"],
+            }
+            entry.update({op: after[op][i] for op in OPS})
+            record["controls"][tier].append(entry)
         return record

@@ -112,6 +112,7 @@ def usable_records(records: Sequence[dict]) -> list[dict]:
     neurons_per_fact = mean over all facts (descriptive). Bootstrap over facts.""",
     keys={"neurons_per_fact_with_any": "lower", "facts_with_any": "higher", "neurons_per_fact": "none"},
     needs=["neurons"],
+    default=True,
 )
 def concentration(ctx: MetricContext) -> dict[str, Estimate]:
     counts = np.array([len(r["neurons"]) for r in usable_records(ctx.neuron_records)], dtype=float)
@@ -165,6 +166,7 @@ def _contrast(s: float, o: float) -> float:
     Bootstrap over facts (all pairs of the resampled facts).""",
     keys={"ratio": "higher", "contrast": "higher", "same_relation": "none", "other_relation": "none"},
     needs=["neurons"],
+    default=True,
 )
 def overlap(ctx: MetricContext, max_facts: int = 400) -> dict[str, Estimate]:
     recs = [r for r in usable_records(ctx.neuron_records) if r["neurons"]]
@@ -225,6 +227,7 @@ def _per_fact(values: Tensor, owner: Sequence[int]) -> np.ndarray:
     prompts. Higher = sparser code. Bootstrap over facts.""",
     keys={"kurtosis": "higher", "silent_fraction": "higher"},
     needs=["model"],
+    default=True,
 )
 def sparsity(ctx: MetricContext) -> dict[str, Estimate]:
     cfg = ctx.config("sparsity", SparsityConfig())
@@ -269,6 +272,7 @@ def entropy_bits(counts: Sequence[int]) -> float:
     },
     needs=["neurons"],
     unit="neurons",
+    default=True,
 )
 def polysemanticity(ctx: MetricContext) -> dict[str, Estimate]:
     served = neuron_relation_counts(usable_records(ctx.neuron_records))

@@ -100,9 +100,17 @@ class MetricSpec:
     needs: frozenset[Need]  # inputs the metric reads from the context
     keys: Mapping[str, Direction]  # every output key -> its direction; the first is the headline
     unit: str = "facts"  # what the bootstrap resamples
+    default: bool = False  # computed by default (`score --metrics`, sweeps): cheap, no extra attribution runs
 
 
 INDEPENDENT: Registry[MetricSpec] = Registry("independent metric")
+
+
+def default_metrics() -> list[str]:
+    """The independent metrics computed unless asked otherwise (their entries say ``default=True``)."""
+    import legibility.metrics.independent  # noqa: F401  (registers every metric)
+
+    return [name for name, spec in INDEPENDENT.items() if spec.default]
 
 
 def register(
@@ -112,6 +120,7 @@ def register(
     keys: Mapping[str, Direction],
     needs: Sequence[Need],
     unit: str = "facts",
+    default: bool = False,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator: add ``fn`` to :data:`INDEPENDENT` under ``name``; keys are written without the
     ``independent.<name>.`` prefix, which :func:`legibility.metrics.independent.compute_metrics` adds."""
@@ -119,7 +128,9 @@ def register(
     def add(fn: MetricFn) -> MetricFn:
         first = next(iter(keys))
         INDEPENDENT.register(name)(
-            MetricSpec(fn, keys[first], " ".join(definition.split()), frozenset(needs), dict(keys), unit)
+            MetricSpec(
+                fn, keys[first], " ".join(definition.split()), frozenset(needs), dict(keys), unit, default
+            )
         )
         return fn
 

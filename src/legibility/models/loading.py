@@ -11,6 +11,7 @@ from torch import nn
 
 from legibility.devices import dtype_name, parse_dtype, resolve_device
 from legibility.errors import LegibilityError
+from legibility.models.activations import register_activations
 from legibility.models.embedded import EMBEDDED, embedded_dir
 from legibility.models.gguf import find_gguf, gguf_model_dir
 from legibility.models.sites import Sites, SiteSpec, architecture, model_kind
@@ -108,6 +109,7 @@ def load_model(
 def _load_from(name: str, dtype: torch.dtype, device: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+    register_activations()  # a trained model may use SoLU
     if name in EMBEDDED:
         path: str | Path = embedded_dir(name)
     elif (gguf := find_gguf(name)) is not None:  # a .gguf file, or a directory holding one

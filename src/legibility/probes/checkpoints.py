@@ -19,6 +19,7 @@ from safetensors.torch import load_model as load_weights
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import predict
+from legibility.metrics.table import info, names
 from legibility.models.loading import load_model
 from legibility.probes.activations import extract
 from legibility.probes.concept import ProbeSettings, probe_layers
@@ -99,14 +100,7 @@ def score_checkpoints(
             lm.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
             scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts))
             rec["known_facts"] = scored["known_facts"]
-            for k in (
-                "suppressability",
-                "specific_suppressability",
-                "suppression.own",
-                "suppression.random",
-                "suppression.same_relation",
-                "neurons.per_fact",
-            ):
+            for k in (n for n in names("checkpoint") if info(n).source == "scorecard"):
                 m = scored["metrics"].get(k)
                 rec[k] = m["value"] if m else float("nan")
             shutil.rmtree(tmp)

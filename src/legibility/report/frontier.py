@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from legibility.metrics.table import names
 from legibility.report.plotting import pyplot
 
 # (column, label, True when higher is better)
@@ -116,7 +117,10 @@ def frontier_figure(rows: Sequence[dict], path: str | Path, x_key: str = "suppre
 
 
 def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
-    """Spearman rank correlation between metrics across trials (NaN where fewer than 3 trials have both)."""
+    """Spearman rank correlation (``scipy.stats.spearmanr``, ties averaged) between metrics across trials
+    (NaN where fewer than 3 trials have both, or one of them is constant)."""
+    from scipy import stats
+
     data = [trial_metrics(r) for r in rows]
     k = len(keys)
     out = np.full((k, k), np.nan)
@@ -125,25 +129,11 @@ def spearman_matrix(rows: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
             pairs = [(d[keys[i]], d[keys[j]]) for d in data if keys[i] in d and keys[j] in d]
             if len(pairs) < 3:
                 continue
-            a, b = (np.argsort(np.argsort(np.array(c))).astype(float) for c in zip(*pairs, strict=True))
+            a, b = (np.array(c, dtype=float) for c in zip(*pairs, strict=True))
             if a.std() == 0 or b.std() == 0:
                 continue
-            out[i, j] = float(np.corrcoef(a, b)[0, 1])
+            out[i, j] = float(stats.spearmanr(a, b).statistic)
     return out
-
-
-# Scorecard and training columns of the agreement matrix (besides every independent metric).
-AGREEMENT_CORE = (
-    "suppressability",
-    "fact_accuracy",
-    "val_loss",
-    "suppression.own",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "amplification.own",
-    "neurons.per_fact",
-)
 
 
 def agreement_keys(rows: Sequence[dict]) -> list[str]:
@@ -152,7 +142,7 @@ def agreement_keys(rows: Sequence[dict]) -> list[str]:
     for r in rows:
         for k in trial_metrics(r):
             counts[k] += 1
-    head = [k for k in AGREEMENT_CORE if counts.get(k, 0) >= 3]
+    head = [k for k in names("agreement") if counts.get(k, 0) >= 3]
     independent = sorted(k for k in counts if k.startswith("independent.") and counts[k] >= 3)
     return head + independent
 

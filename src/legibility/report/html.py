@@ -7,10 +7,12 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from legibility.errors import LegibilityError
+from legibility.metrics.table import label, names
 from legibility.report.frontier import (
     agreement_figure,
     by_variant,
@@ -20,15 +22,8 @@ from legibility.report.frontier import (
     trial_metrics,
 )
 
-SUMMARY = (
-    "suppressability",
-    "suppression.own",
-    "suppression.random",
-    "neurons.per_fact",
-    "fact_accuracy",
-    "val_loss",
-    "text_val_loss",
-)
+if TYPE_CHECKING:
+    from legibility.report.study import StudyPlan
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -66,11 +61,11 @@ def _fmt(a: np.ndarray) -> str:
 
 def _summary_table(rows: Sequence[dict]) -> str:
     variants = sorted({r["variant"] for r in rows})
-    cols = {k: by_variant(rows, k) for k in SUMMARY}
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in SUMMARY)
+    cols = {k: by_variant(rows, k) for k in names("summary")}
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in names("summary"))
     body = []
     for v in variants:
-        cells = "".join(f"<td>{_fmt(cols[k].get(v, np.array([])))}</td>" for k in SUMMARY)
+        cells = "".join(f"<td>{_fmt(cols[k].get(v, np.array([])))}</td>" for k in names("summary"))
         body.append(f'<tr><td class="name">{html.escape(v)}</td>{cells}</tr>')
     return f"<table><tr><th>variant</th>{head}</tr>{''.join(body)}</table>"
 
@@ -80,7 +75,7 @@ def _card(row: dict) -> str:
     metrics = trial_metrics(row)
     lines = "".join(
         f"<tr><td class='name'>{html.escape(k)}</td><td>{metrics[k]:.4g}</td></tr>"
-        for k in SUMMARY
+        for k in names("summary")
         if k in metrics
     )
     overrides = html.escape(json.dumps(row.get("overrides") or {}, indent=1))
@@ -171,11 +166,17 @@ def no_finished_trials(db: Path, rows: Sequence[dict]) -> str:
     return f"no finished trials in {db} ({what}){why}{hint}"
 
 
-def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str | None = None) -> Path:
+def write_report(
+    sweep_dir: str | Path,
+    title: str | None = None,
+    baseline: str | None = None,
+    plan: StudyPlan | None = None,
+) -> Path:
     """Write report.html, frontier.png and agreement.png into ``sweep_dir`` from its results store.
 
-    A sweep with a ``baseline`` variant (default ``none``; a named one must exist) also gets the study analysis (:mod:`legibility.report.study`):
-    study.json, study.md, study_frontier.png and, with one numeric grid axis, study_width.png."""
+    A sweep with a ``baseline`` variant (default ``none``; a named one must exist) also gets the study
+    analysis (:mod:`legibility.report.study`) with the hypotheses of ``plan``: study.json, study.md,
+    study_frontier.png and, with one numeric grid axis, study_width.png."""
     from legibility.sweeps.results import STALE, ResultsStore
 
     out = Path(sweep_dir)
@@ -199,11 +200,13 @@ def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str 
     if not done:
         raise LegibilityError(no_finished_trials(db, rows))
     figures = [
-        (frontier_figure(done, out / "frontier.png"), "Interpretability vs performance frontier"),
         (
-            frontier_figure(done, out / "frontier_specific.png", x_key="specific_suppressability"),
-            "Fact-specific suppressability vs performance (kill-switch neurons score 0 here)",
-        ),
+            frontier_figure(done, out / ("frontier.png" if i == 0 else f"frontier_{key}.png"), x_key=key),
+            f"{label(key)} vs performance: the interpretability-performance frontier",
+        )
+        for i, key in enumerate(names("frontier"))
+    ]
+    figures += [
         (
             agreement_figure(done, out / "agreement.png"),
             "Agreement between interpretability metrics across trials",
@@ -218,13 +221,13 @@ def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str 
             ),
         )
     study = None
-    names = sorted({r["variant"] for r in done})
-    if baseline is not None and baseline not in names:
+    variants = sorted({r["variant"] for r in done})
+    if baseline is not None and baseline not in variants:
         raise LegibilityError(
-            f"--baseline {baseline!r} is not a variant with finished trials; choose one of {', '.join(names)}"
+            f"--baseline {baseline!r} is not a variant with finished trials; choose one of {', '.join(variants)}"
         )
     baseline = baseline or "none"
-    if baseline in names:
+    if baseline in variants:
         from legibility.report.study import (
             analyse_study,
             study_frontier_figure,
@@ -232,7 +235,7 @@ def write_report(sweep_dir: str | Path, title: str | None = None, baseline: str 
             study_width_figure,
         )
 
-        study = analyse_study(done, baseline)
+        study = analyse_study(done, baseline, plan)
         (out / "study.json").write_text(json.dumps(study, indent=1) + "\n", encoding="utf-8")
         (out / "study.md").write_text(study_markdown(study), encoding="utf-8")
         extra = [

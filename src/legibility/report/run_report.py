@@ -1,5 +1,6 @@
 """A self-contained HTML report of one scoring run (`legibility score --out DIR`): the scorecard, its
-figures, and key-value cards of the knowledge neurons of a few facts."""
+figures, and key-value cards of the knowledge neurons of a few facts (from the run's ``cards.json``; this
+module reads files and loads no model)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import html
 import json
 from pathlib import Path
 
-from legibility.metrics.scorecard import HEADLINE
+from legibility.errors import LegibilityError
+from legibility.metrics.table import names
+from legibility.report.cards import card_html
 from legibility.report.html import CSS, IMAGES_CHECK, _img
 from legibility.run import check_finished
 
@@ -22,31 +25,26 @@ def _table(metrics: dict[str, dict], keys: list[str]) -> str:
     return f"<table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>{rows}</table>"
 
 
-def _cards(run: Path, settings: dict, records: list[dict], n_facts: int) -> str:
-    from legibility.editing.memory import card_html, fact_neuron_cards
-    from legibility.facts.render import render
-    from legibility.facts.types import Fact
-    from legibility.models.loading import load_model
-
-    lm = load_model(settings["model"], site=settings.get("site") or "ffn")
-    parts = []
-    for rec in [r for r in records if r["neurons"]][:n_facts]:
-        prompts = []
-        if lm.kind == "causal":  # stored texts end where the object begins; masked ones hold the mask token
-            for text in rec["prompts"]:
-                prompts += render(
-                    lm, Fact(rec["subject"], rec["relation"], rec["object"], (text + " [Y]",))
-                ).prompts
-        cards = fact_neuron_cards(lm, [tuple(n) for n in rec["neurons"]][:5], prompts)
-        head = f"{rec['subject']} — {rec['relation']} — {rec['object']}"
-        parts.append(
-            f"<h3>{html.escape(head)}</h3><div class='cards'>{''.join(card_html(c) for c in cards)}</div>"
-        )
+def _cards(run: Path) -> str:
+    """The neuron cards of ``cards.json`` (written by :func:`legibility.editing.memory.write_run_cards`)."""
+    path = run / "cards.json"
+    if not path.exists():
+        return ""
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+        parts = []
+        for f in facts:
+            head = " — ".join(str(x) for x in f["fact"])
+            body = "".join(card_html(c) for c in f["cards"])
+            parts.append(f"<h3>{html.escape(head)}</h3><div class='cards'>{body}</div>")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LegibilityError(f"{path} is damaged; delete it and rerun `legibility report {run}`") from None
     return "".join(parts)
 
 
-def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
-    """Write ``report.html`` into a scoring run directory; ``cards`` facts get neuron cards (0: none)."""
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` into a scoring run directory from its files (with the neuron cards of
+    ``cards.json`` when the run has one)."""
     run = Path(run_dir)
     card, records = check_finished(run)
     metrics, settings = card["metrics"], card.get("settings", {})
@@ -55,8 +53,11 @@ def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
         f"{m}@{r}"
         for r in relations
         for m in (
+            "specific_suppressability",
             "suppression.own.ratio_of_means",
             "suppression.random.ratio_of_means",
+            "collateral.same_relation",
+            "collateral.other_relation",
             "amplification.own.ratio_of_means",
         )
     ]
@@ -68,15 +69,15 @@ def write_run_report(run_dir: str | Path, cards: int = 3) -> Path:
         )
         if (run / name).exists()
     )
-    cards_html = _cards(run, settings, records, cards) if cards and settings.get("model") else ""
+    cards_html = _cards(run)
     title = f"legibility scorecard: {settings.get('model', run.name)}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{len(records)} facts; settings: <code>{html.escape(json.dumps(settings, sort_keys=True))}</code></p>
-<h2>Scorecard</h2>{_table(metrics, list(HEADLINE))}
+<h2>Scorecard</h2>{_table(metrics, list(names("card")))}
 {figs}
-<h2>Per relation (ratio of means)</h2>{_table(metrics, per_rel)}
+<h2>Per relation</h2>{_table(metrics, per_rel)}
 {"<h2>Knowledge neurons as key-value memories</h2>" + cards_html if cards_html else ""}
 {IMAGES_CHECK}
 </body></html>

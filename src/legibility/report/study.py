@@ -6,9 +6,13 @@ SoLU's convention; the mixed validation loss stands in when the sweep trained wi
 are the units of every interval here (95% Student-t over seeds or over (grid point, seed) pairs), so a CI
 says how much the result moves when the model is trained again, not only how much it moves over facts.
 
-The essay's hypotheses are checked as paired differences; each gets one sentence saying whether it held
-(the CI excludes 0 in the predicted direction), was contradicted (it excludes 0 the other way) or was not
-decided. ``analyse_study`` returns everything as plain data; ``study_markdown`` and the figures render it.
+The hypotheses to check are data (:class:`StudyPlan`, read from a YAML file beside the sweep config, e.g.
+``configs/sweeps/study-hypotheses.yaml``): each is a paired difference of two variants on one metric with a
+predicted sign. Each gets a two-sided paired t-test over its (grid point, seed) pairs, and the family of
+tests is corrected with Holm's method: a hypothesis *held* when its Holm-adjusted p is below the family-wise
+alpha and the difference has the predicted sign, was *contradicted* when it is below alpha with the other
+sign, and is *not decided* otherwise. The unadjusted 95% CI is shown beside it. ``analyse_study`` returns
+everything as plain data; ``study_markdown`` and the figures render it.
 
 >>> rows = [
 ...     {"variant": v, "seed": s, "status": "done", "overrides": {"model.d_ffn": w},
@@ -30,21 +34,19 @@ from typing import Any
 
 import numpy as np
 
-from legibility.metrics.stats import Estimate, t_estimate
+from legibility.metrics.stats import Estimate, holm, paired_test, t_estimate
 from legibility.report.frontier import loss_key, trial_metrics
 from legibility.report.plotting import pyplot
 
 HEADLINE = "specific_suppressability"
-# The goal of the issue: individually removable facts at a small cost.
-GOAL_SPECIFIC, GOAL_COST = 0.8, 0.05
 # Columns of the per-cell table: (metric, label, decimals).
 COLUMNS = (
     ("fact_accuracy", "held-out top-1", 3),
     ("specific_suppressability", "specific suppr.", 3),
     ("suppressability", "suppressability", 3),
-    ("suppression.own", "own drop", 3),
-    ("suppression.same_relation", "same-rel. drop", 3),
-    ("neurons.per_fact", "neurons/fact", 1),
+    ("collateral.same_relation", "same-rel. collateral", 3),
+    ("collateral.other_relation", "other-rel. collateral", 3),
+    ("neurons.facts_with_any", "facts with neurons", 2),
     ("facts_scored", "facts scored", 1),
 )
 
@@ -54,74 +56,70 @@ class Hypothesis:
     """``variant`` minus ``reference`` on ``metric`` is predicted to have sign ``sign`` (+1 or -1)."""
 
     name: str
-    claim: str  # the essay's claim in a few words
+    claim: str  # the claim in a few words
     variant: str
     reference: str
     metric: str
     sign: int
 
 
-# The essay's hypotheses (../shared/docs/essay.txt, sections 2 and 4) as paired comparisons of variants.
-HYPOTHESES = (
-    Hypothesis("dropout", "dropout is bad for interpretability", "dropout", "none", HEADLINE, -1),
-    Hypothesis(
-        "explicit dropout",
-        "an explicit dropout regularizer with gradient noise is more interpretable than dropout",
-        "explicit_dropout",
-        "dropout",
-        HEADLINE,
-        +1,
-    ),
-    Hypothesis(
-        "sparse connections",
-        "sparse connections force sparser, more interpretable representations",
-        "sparse_connections",
-        "none",
-        HEADLINE,
-        +1,
-    ),
-    Hypothesis(
-        "locality",
-        "locality (metabolic) costs make networks more interpretable",
-        "locality",
-        "none",
-        HEADLINE,
-        +1,
-    ),
-    Hypothesis(
-        "decorrelation",
-        "a loss on activation correlations makes networks more interpretable",
-        "decorrelation",
-        "none",
-        HEADLINE,
-        +1,
-    ),
-    Hypothesis("SoLU", "SoLU activations make neurons more interpretable", "solu", "none", HEADLINE, +1),
-    Hypothesis(
-        "suppressability objective (its own number)",
-        "training for suppressability raises suppressability",
-        "suppressability",
-        "none",
-        "suppressability",
-        +1,
-    ),
-    Hypothesis(
-        "suppressability objective (specific)",
-        "training for suppressability makes single facts removable",
-        "suppressability",
-        "none",
-        HEADLINE,
-        +1,
-    ),
-    Hypothesis(
-        "specific-suppressability objective",
-        "training for specific suppressability makes single facts removable",
-        "specific_suppressability",
-        "none",
-        HEADLINE,
-        +1,
-    ),
-)
+@dataclass(frozen=True)
+class Goal:
+    """A cell reaches the goal when its mean ``metric`` is at least ``at_least`` at a cost of at most
+    ``cost_at_most`` nats/token against the baseline."""
+
+    metric: str = HEADLINE
+    at_least: float = 0.8
+    cost_at_most: float = 0.05
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study checks: its hypotheses, the width comparison's metric (None: no width hypothesis),
+    the goal, and the family-wise error rate of the Holm correction across every hypothesis."""
+
+    hypotheses: tuple[Hypothesis, ...] = ()
+    width_metric: str | None = HEADLINE
+    goal: Goal = Goal()
+    alpha: float = 0.05
+
+
+def load_plan(path: str | Path) -> StudyPlan:
+    """Read a study plan (hypotheses, width, goal, alpha) from YAML; one-line errors for bad files."""
+    import yaml
+
+    from legibility.errors import LegibilityError
+
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LegibilityError(f"cannot read study plan {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise LegibilityError(f"{p}: a study plan is a mapping with 'hypotheses' (a list), 'goal', 'width'")
+    known = {"hypotheses", "goal", "width", "alpha"}
+    if extra := set(raw) - known:
+        raise LegibilityError(f"{p}: unknown key(s) {sorted(extra)}; a study plan has {sorted(known)}")
+    fields = {"name", "claim", "variant", "reference", "metric", "sign"}
+    hyps = []
+    for i, h in enumerate(raw.get("hypotheses") or []):
+        if not isinstance(h, dict) or set(h) != fields or h["sign"] not in (1, -1):
+            raise LegibilityError(
+                f"{p}: hypothesis {i + 1} needs exactly {sorted(fields)} with sign +1 or -1, got {h!r}"
+            )
+        text = {k: str(h[k]) for k in ("name", "claim", "variant", "reference", "metric")}
+        hyps.append(Hypothesis(**text, sign=int(h["sign"])))
+    try:
+        goal = Goal(**(raw.get("goal") or {}))
+    except TypeError:
+        raise LegibilityError(
+            f"{p}: goal takes metric, at_least, cost_at_most; got {raw.get('goal')!r}"
+        ) from None
+    width = raw.get("width", {"metric": HEADLINE})
+    alpha = float(raw.get("alpha", 0.05))
+    if not 0 < alpha < 1:
+        raise LegibilityError(f"{p}: alpha must be in (0, 1), got {alpha}")
+    return StudyPlan(tuple(hyps), (width or {}).get("metric"), goal, alpha)
 
 
 def grid_keys(rows: Sequence[dict]) -> list[str]:
@@ -146,8 +144,13 @@ def _est(e: Estimate) -> dict:
     return e.to_dict()
 
 
-def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any]:
-    """Cells, paired costs, hypotheses and the goal check of the finished trials ``rows``."""
+def analyse_study(
+    rows: Sequence[dict], baseline: str = "none", plan: StudyPlan | None = None
+) -> dict[str, Any]:
+    """Cells, paired costs, hypotheses (of ``plan``; none by default but the width comparison) and the
+    goal check of the finished trials ``rows``."""
+    plan = plan or StudyPlan()
+    goal = plan.goal
     done = [r for r in rows if r.get("status", "done") == "done"]
     keys = grid_keys(done)
     loss = loss_key(done)
@@ -190,15 +193,20 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
             # the facts' own price: held-out top-1 lost against the baseline (what nats on text do not see)
             acc = paired(v, baseline, "fact_accuracy", p)
             cell["accuracy_cost"] = _est(t_estimate(-acc)) if has_base else None
-            s, c = cell[HEADLINE]["value"], (cell["cost"] or {}).get("value", float("nan"))
-            cell["goal"] = bool(s >= GOAL_SPECIFIC and c <= GOAL_COST)
+            if goal.metric not in cell:
+                cell[goal.metric] = _est(
+                    t_estimate([m[goal.metric] for m in seeds.values() if goal.metric in m])
+                )
+            s, c = cell[goal.metric]["value"], (cell["cost"] or {}).get("value", float("nan"))
+            cell["goal"] = bool(s >= goal.at_least and c <= goal.cost_at_most)
             cells.append(cell)
 
-    hypotheses = []
-    for h in HYPOTHESES:
+    hypotheses: list[dict[str, Any]] = []
+    for h in plan.hypotheses:
         if (h.variant not in variants) or (h.reference not in variants):
             continue
-        diff = t_estimate(paired(h.variant, h.reference, h.metric))
+        diffs = paired(h.variant, h.reference, h.metric)
+        diff = t_estimate(diffs)
         h_cost = t_estimate(paired(h.variant, baseline, loss)) if h.variant != baseline else None
         hypotheses.append(
             {
@@ -209,9 +217,9 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
                 "metric": h.metric,
                 "sign": h.sign,
                 "difference": _est(diff),
+                "p": paired_test(diffs),
                 "per_point": [_est(t_estimate(paired(h.variant, h.reference, h.metric, p))) for p in points],
                 "cost": _est(h_cost) if h_cost else None,
-                "verdict": verdict(diff, h.sign),
             }
         )
     comparisons = [
@@ -227,9 +235,14 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
         for v in variants
         if v != baseline
     ]
-    width = _width_hypothesis(keys, points, by_cell, baseline, variants)
+    width = _width_hypothesis(keys, points, by_cell, baseline, variants, plan.width_metric)
     if width:
         hypotheses.insert(0, width)
+    reject, adjusted = holm([h["p"] for h in hypotheses], plan.alpha)
+    for row, significant, p_holm in zip(hypotheses, reject, adjusted, strict=True):
+        row["p_holm"] = p_holm
+        row["verdict"] = verdict(Estimate(**row["difference"]), row["sign"], significant)
+        row["verdict_unadjusted"] = verdict(Estimate(**row["difference"]), row["sign"])
     return {
         "baseline": baseline,
         "grid": keys,
@@ -239,7 +252,8 @@ def analyse_study(rows: Sequence[dict], baseline: str = "none") -> dict[str, Any
         "cells": cells,
         "hypotheses": hypotheses,
         "comparisons": comparisons,
-        "goal": {"specific_suppressability": GOAL_SPECIFIC, "cost_nats": GOAL_COST},
+        "goal": {"metric": goal.metric, "at_least": goal.at_least, "cost_nats": goal.cost_at_most},
+        "alpha": plan.alpha,
     }
 
 
@@ -259,36 +273,47 @@ def _sort_key(p: tuple) -> tuple:
     return tuple((0, float(x)) if isinstance(x, int | float) else (1, repr(x)) for x in p)
 
 
-def _width_hypothesis(keys, points, by_cell, baseline, variants) -> dict | None:
+def _width_hypothesis(keys, points, by_cell, baseline, variants, metric: str | None) -> dict | None:
     """Larger networks are more interpretable: the widest grid point minus the narrowest (a single numeric
     axis), paired by seed, for the baseline and pooled over every variant."""
-    if len(keys) != 1 or len(points) < 2 or not all(isinstance(p[0], int | float) for p in points):
+    if (
+        metric is None
+        or len(keys) != 1
+        or len(points) < 2
+        or not all(isinstance(p[0], int | float) for p in points)
+    ):
         return None
     lo, hi = points[0], points[-1]
 
     def diffs(vs: Sequence[str]) -> np.ndarray:
-        return _seed_diffs([(by_cell.get((v, hi), {}), by_cell.get((v, lo), {})) for v in vs], HEADLINE)
+        return _seed_diffs([(by_cell.get((v, hi), {}), by_cell.get((v, lo), {})) for v in vs], metric)
 
-    base, pooled = t_estimate(diffs([baseline])), t_estimate(diffs(variants))
+    base_diffs = diffs([baseline])
+    base, pooled = t_estimate(base_diffs), t_estimate(diffs(variants))
     return {
         "name": "width",
         "claim": "larger networks are more interpretable",
         "variant": f"{baseline} at {keys[0]} = {hi[0]}",
         "reference": f"{baseline} at {keys[0]} = {lo[0]}",
-        "metric": HEADLINE,
+        "metric": metric,
         "sign": +1,
         "difference": _est(base),
+        "p": paired_test(base_diffs),
         "pooled": _est(pooled),
         "cost": None,
-        "verdict": verdict(base, +1),
     }
 
 
-def verdict(diff: Estimate, sign: int) -> str:
-    """``held`` when the CI excludes 0 in the predicted direction, ``contradicted`` when it excludes 0 the
-    other way, ``not decided`` otherwise (or with fewer than 2 pairs)."""
+def verdict(diff: Estimate, sign: int, significant: bool | None = None) -> str:
+    """``held`` when the difference is significant in the predicted direction, ``contradicted`` when it is
+    significant the other way, ``not decided`` otherwise (or with fewer than 2 pairs). ``significant``: the
+    corrected test's decision; None decides by the unadjusted CI excluding 0."""
     if diff.n < 2 or not np.isfinite(diff.ci_low):
         return "not decided"
+    if significant is not None:
+        if not significant:
+            return "not decided"
+        return "held" if sign * diff.value > 0 else "contradicted"
     if sign * diff.ci_low > 0 and sign * diff.ci_high > 0:
         return "held"
     if sign * diff.ci_low < 0 and sign * diff.ci_high < 0:
@@ -315,6 +340,10 @@ def sentence(h: dict) -> str:
         what += f"; over every variant, {_ci(h['pooled'], signed=True)} (n = {h['pooled']['n']})"
     if h.get("cost"):
         what += f"; cost {_ci(h['cost'], signed=True)} nats"
+    if np.isfinite(h.get("p", float("nan"))):
+        what += f"; p = {h['p']:.3g}, Holm-adjusted {h['p_holm']:.3g}"
+        if h.get("verdict_unadjusted") and h["verdict_unadjusted"] != h["verdict"]:
+            what += f" (unadjusted: {h['verdict_unadjusted']})"
     return f"**{h['name']}** ({h['claim']}): {h['verdict']}. {what}."
 
 
@@ -329,30 +358,30 @@ def study_markdown(study: dict) -> str:
         lines.append("| " + " | ".join(vals) + (" (goal)" if c["goal"] else "") + " |")
     goal = study["goal"]
     reached = [c for c in study["cells"] if c["goal"]]
-    best = max(study["cells"], key=lambda c: c[HEADLINE]["value"], default=None)
+    best = max(study["cells"], key=lambda c: c[goal["metric"]]["value"], default=None)
     out = [
         f"Cost = {study['cost_metric']} minus the `{study['baseline']}` baseline's at the same grid point and "
         "seed; intervals are 95% Student-t over seeds.",
         "",
         *lines,
         "",
-        "Hypotheses (paired by grid point and seed):",
+        f"Hypotheses (paired by grid point and seed; two-sided paired t-tests, Holm-corrected across all "
+        f"{len(study['hypotheses'])} at family-wise alpha = {study.get('alpha', 0.05)}):",
         "",
         *[f"- {sentence(h)}" for h in study["hypotheses"]],
         "",
         *_per_point_table(study),
         *_comparison_table(study),
     ]
+    goal_head = f"Goal ({goal['metric']} >= {goal['at_least']} at <= {goal['cost_nats']} nats)"
     if reached:
         out.append(
-            f"Goal (specific suppressability >= {goal['specific_suppressability']} at <= {goal['cost_nats']} "
-            f"nats): reached by {', '.join(c['variant'] + ' at ' + c['label'] for c in reached)}."
+            f"{goal_head}: reached by {', '.join(c['variant'] + ' at ' + c['label'] for c in reached)}."
         )
     elif best:
         out.append(
-            f"Goal (specific suppressability >= {goal['specific_suppressability']} at <= {goal['cost_nats']} "
-            f"nats): not reached. Closest: {best['variant']} at {best['label']}, specific suppressability "
-            f"{_ci(best[HEADLINE])} at a cost of {_ci(best['cost'], signed=True)} nats."
+            f"{goal_head}: not reached. Closest: {best['variant']} at {best['label']}, {goal['metric']} "
+            f"{_ci(best[goal['metric']])} at a cost of {_ci(best['cost'], signed=True)} nats."
         )
     return "\n".join(out) + "\n"
 
@@ -424,15 +453,16 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
     text (top row, the goal region shaded) and the held-out fact top-1 lost (bottom row)."""
     plt = pyplot()
     points = study["points"]
+    goal = study["goal"]
     rows = (
-        ("cost", f"cost: {study['cost_metric']} - baseline (nats)", GOAL_COST),
+        ("cost", f"cost: {study['cost_metric']} - baseline (nats)", goal["cost_nats"]),
         ("accuracy_cost", "held-out fact top-1 lost against the baseline", None),
     )
     fig, axes = plt.subplots(
         len(rows), len(points), figsize=(4.2 * len(points) + 1, 8.2), sharey=True, squeeze=False
     )
     styles = _styles(plt, study["variants"])
-    for r, (key, xlabel, goal) in enumerate(rows):
+    for r, (key, xlabel, limit) in enumerate(rows):
         for ax, p in zip(axes[r], points, strict=True):
             for c in study["cells"]:
                 if c["point"] != p or not c.get(key):
@@ -443,10 +473,10 @@ def study_frontier_figure(study: dict, path: str | Path) -> Path:
                 ax.errorbar(
                     x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, capsize=2, label=c["variant"]
                 )
-            ax.axhline(GOAL_SPECIFIC, color="green", ls=":", lw=1)
-            if goal is not None:
-                ax.axhspan(GOAL_SPECIFIC, 1.0, color="green", alpha=0.06)
-                ax.axvline(goal, color="green", ls=":", lw=1)
+            ax.axhline(goal["at_least"], color="green", ls=":", lw=1)
+            if limit is not None:
+                ax.axhspan(goal["at_least"], 1.0, color="green", alpha=0.06)
+                ax.axvline(limit, color="green", ls=":", lw=1)
             ax.axvline(0, color="grey", lw=0.6)
             ax.set_title(_label(study["grid"], tuple(p)))
             ax.set_xlabel(xlabel)

@@ -23,25 +23,28 @@ CREATE TABLE IF NOT EXISTS trials (
   overrides JSON, config JSON, train JSON, metrics JSON,
   started TIMESTAMP, finished TIMESTAMP, train_s DOUBLE, score_s DOUBLE, error VARCHAR
 );
-CREATE OR REPLACE VIEW trials_flat AS SELECT
-  trial_id, sweep, variant, seed, status, train_s, score_s, error,
-  CAST(json_extract(train, '$.val_loss') AS DOUBLE) AS val_loss,
-  CAST(json_extract(train, '$.text_val_loss') AS DOUBLE) AS text_val_loss,
-  CAST(json_extract(train, '$.fact_accuracy') AS DOUBLE) AS fact_accuracy,
-  CAST(json_extract(metrics, '$.suppressability.value') AS DOUBLE) AS suppressability,
-  CAST(json_extract(metrics, '$.specific_suppressability.value') AS DOUBLE) AS specific_suppressability,
-  CAST(json_extract(metrics, '$."suppression.own".value') AS DOUBLE) AS suppression_own,
-  CAST(json_extract(metrics, '$."neurons.per_fact".value') AS DOUBLE) AS neurons_per_fact,
-  CAST(json_extract(train, '$."fact_accuracy.trained_facts"') AS DOUBLE) AS fact_accuracy_trained_facts,
-  CAST(json_extract(metrics, '$."suppressability.trained_facts".value') AS DOUBLE)
-    AS suppressability_trained_facts,
-  CAST(json_extract(metrics, '$."specific_suppressability.trained_facts".value') AS DOUBLE)
-    AS specific_suppressability_trained_facts,
-  CAST(json_extract(train, '$.cost_nats') AS DOUBLE) AS cost_nats,
-  CAST(json_extract(train, '$.kl') AS DOUBLE) AS kl,
-  CAST(json_extract(train, '$.facts_lost') AS DOUBLE) AS facts_lost
-FROM trials;
 """
+
+
+def view_sql() -> str:
+    """The SQL view ``trials_flat``: the trial's columns and one column per metric of the table's
+    ``column`` view (dots become underscores), read from the training record or the scorecard; a metric of
+    facts has a second column for the objective facts (``..._trained_facts``)."""
+    from legibility.metrics.table import TRAINED_FACTS, info, names
+
+    cols = []
+    for base in names("column"):
+        entry = info(base)
+        # fact metrics: the held-out facts' (bare name) and the objective facts' (+ .trained_facts)
+        for name in (base, base + TRAINED_FACTS) if entry.fact_groups else (base,):
+            path = f'$."{name}"' if "." in name else f"$.{name}"
+            if entry.source == "train":
+                expr = f"json_extract(train, '{path}')"
+            else:
+                expr = f"json_extract(metrics, '{path}.value')"
+            cols.append(f"  CAST({expr} AS DOUBLE) AS {name.replace('.', '_')}")
+    head = "  trial_id, sweep, variant, seed, status, train_s, score_s, error"
+    return "CREATE OR REPLACE VIEW trials_flat AS SELECT\n" + ",\n".join([head, *cols]) + "\nFROM trials;"
 
 
 STALE = "stale:"  # status prefix of rows the sweep's current config no longer produces
@@ -68,6 +71,7 @@ class ResultsStore:
         self.con = self._connect(read_only)
         if not read_only:
             self.con.execute(SCHEMA)
+            self.con.execute(view_sql())
 
     def _connect(self, read_only: bool):
         import duckdb

@@ -39,7 +39,7 @@ def run_trial(
     (:func:`legibility.training.experiment.score_groups`): bare metric names are held-out facts, names
     ending in ``.trained_facts`` the facts the objectives trained on. ``kind="finetune"``: the trial is a
     :func:`legibility.training.finetune.run_finetune` (its known-fact cache shared by the sweep's trials)."""
-    from legibility.training.experiment import ScoreConfig, fact_groups, score_dir, score_groups
+    from legibility.training.experiment import ScoreConfig, score_groups
     from legibility.training.run_config import parse_run_config
     from legibility.training.trainer import train
 
@@ -51,11 +51,9 @@ def run_trial(
     t0 = time.perf_counter()
     final = train(cfg, out / "train", progress=False, device=device)
     t1 = time.perf_counter()
+    # the runner computes the default independent metrics with the scorecard, on the model it loaded
     scored = score_groups(out / "train" / "model", cfg, out, ScoreConfig(**score), device)
-    metrics = dict(scored["metrics"])
-    for suffix, facts in fact_groups(cfg).items():
-        extra = _independent(out / "train" / "model", score_dir(out, suffix), facts, device)
-        metrics.update({f"{k}{suffix}": v for k, v in extra.items()})
+    metrics = scored["metrics"]
     t2 = time.perf_counter()
     return {
         "train": final,
@@ -79,21 +77,6 @@ def _finetune_trial(run_config: dict, out: Path, score, device: str | None) -> d
         "train_s": result.get("seconds", {}).get("train", time.perf_counter() - t0),
         "score_s": result.get("seconds", {}).get("score"),
     }
-
-
-def _independent(model_dir: Path, score_dir: Path, facts: list, device: str | None = None) -> dict:
-    """The cheap independent metrics of a scored fact group, so the report can check them against
-    suppressability."""
-    from legibility.metrics.independent import compute_metrics, context_from_run
-    from legibility.models.loading import load_model
-
-    if not (score_dir / "neurons.jsonl").exists():
-        return {}  # the model knew no facts: nothing was attributed
-    lm = load_model(str(model_dir), device=device)
-    lm.add_special_tokens = False  # as score_model does for the trained word-level tokenizer
-    ctx = context_from_run(score_dir, lm, facts)
-    names = ["concentration", "overlap", "sparsity", "polysemanticity"]
-    return {k: v.to_dict() for k, v in compute_metrics(names, ctx).items()}
 
 
 def _error(e: BaseException) -> str:

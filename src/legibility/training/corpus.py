@@ -27,9 +27,6 @@ from legibility.facts.types import OBJECT, Fact
 from legibility.training.config import DataConfig, FactSplit, PararelSource, TextSource, TokenizerConfig
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
-# Metric names: a bare name is measured on held-out facts (never seen by an objective), the same name with
-# this suffix on the facts the objectives trained on (in-sample), e.g. fact_accuracy.trained_facts.
-TRAINED_FACTS = ".trained_facts"
 
 
 @dataclass

@@ -29,11 +29,13 @@ from legibility.attribution import AttributionConfig
 from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
+from legibility.metrics.spec import default_metrics
+from legibility.metrics.table import TRAINED_FACTS, info, names
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
 from legibility.run import KnownConfig, RunSettings, run
 from legibility.training.config import RunConfig
-from legibility.training.corpus import TRAINED_FACTS, build_corpus, split_facts
+from legibility.training.corpus import build_corpus, split_facts
 from legibility.training.run_config import load_run_config
 from legibility.training.trainer import train
 
@@ -48,6 +50,7 @@ class ScoreConfig:
     ig_steps: int = 20  # integrated-gradients steps (paper: 20)
     threshold: float = 0.2  # coarse neuron threshold t
     share: float = 0.5  # refining share p
+    independent: bool = True  # also the default independent metrics (computed by the same run)
 
 
 def all_template_facts(cfg: RunConfig) -> list[Fact]:
@@ -98,10 +101,16 @@ def score_model(
         neurons=NeuronConfig(threshold=cfg.threshold, share=cfg.share),
         known=KnownConfig(limit=max(cfg.facts // n_rel, 1)),
         effects=EffectConfig(),
+        metrics=tuple(default_metrics()) if cfg.independent else (),
     )
     # A model retrained into the same directory is a new input: recompute its score instead of refusing.
     result = run(settings, out_dir, facts=facts, lm=lm, force=True, progress=False)
     return {"known_facts": len(result.facts), "metrics": result.scorecard["metrics"]}
+
+
+def trial_metrics() -> list[str]:
+    """The scorecard metrics a training run's record keeps (the metric table's ``trial`` view)."""
+    return [k for k in names("trial") if info(k).source == "scorecard"]
 
 
 def score_groups(
@@ -122,18 +131,6 @@ def score_groups(
     return {"metrics": metrics, **out}
 
 
-METRICS = (
-    "suppressability",
-    "specific_suppressability",
-    "suppression.own",
-    "suppression.random",
-    "suppression.activation",
-    "suppression.same_relation",
-    "suppression.other_relation",
-    "neurons.per_fact",
-)
-
-
 def _record(name: str, seed: int, run_dir: Path) -> dict:
     final = json.loads((run_dir / "model" / "final.json").read_text())
     known = json.loads((run_dir / "score" / "known.json").read_text())
@@ -147,7 +144,7 @@ def _record(name: str, seed: int, run_dir: Path) -> dict:
         card = json.loads((score_dir(run_dir, suffix) / "scorecard.json").read_text())["metrics"]
         rec[f"held_out_fact_accuracy{suffix}"] = final.get(f"fact_accuracy{suffix}")
         rec[f"known_facts{suffix}"] = known.get(f"known_facts{suffix}")
-        rec.update({f"{k}{suffix}": card[k]["value"] if k in card else None for k in METRICS})
+        rec.update({f"{k}{suffix}": card[k]["value"] if k in card else None for k in trial_metrics()})
     return rec
 
 
@@ -183,7 +180,7 @@ def summarize(records: Sequence[dict]) -> dict[str, dict[str, tuple[float, float
     keys = ["val_loss"] + [
         f"{k}{suffix}"
         for suffix in ("", TRAINED_FACTS)
-        for k in ("held_out_fact_accuracy", "known_facts", *METRICS)
+        for k in ("held_out_fact_accuracy", "known_facts", *trial_metrics())
     ]
     for variant in dict.fromkeys(r["variant"] for r in records):
         rows = [r for r in records if r["variant"] == variant]

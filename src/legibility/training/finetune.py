@@ -50,10 +50,11 @@ from torch import Tensor
 
 from legibility.errors import LegibilityError
 from legibility.facts.types import Fact
+from legibility.metrics.table import TRAINED_FACTS
 from legibility.models.loading import LoadedModel
 from legibility.training.adapters import configure_updates, merge_adapters
 from legibility.training.config import RANGES, FactSplit, TrainConfig, check_range, from_dict
-from legibility.training.corpus import TRAINED_FACTS, Corpus, split_facts
+from legibility.training.corpus import Corpus, split_facts
 from legibility.training.regularizers import canonical_regularizers, parse_regularizers
 from legibility.training.trainer import Trainer
 

@@ -1,47 +1,24 @@
 """Build small GPT-2 or Llama style causal LMs from one :class:`ModelConfig`, with SoLU available.
 
-SoLU (Elhage et al., 2022) is ``LayerNorm(x * softmax(x))`` over the FFN neurons. It is registered in
-transformers' ``ACT2FN`` under the name ``"solu"`` when this module is imported (``import legibility``
-does it), so a saved SoLU model loads with plain ``AutoModelForCausalLM.from_pretrained`` after
-``import legibility``. The LayerNorm has no affine parameters: its gain and bias would be redundant with
-the output projection that follows (a gain folds into its weight, a bias into its bias), and keeping the
-activation parameter-free keeps the checkpoint a standard HF one. The FFN neuron site (the input of the
-output projection) therefore reads the post-LayerNorm value, as SoLU's interpretability claims require.
+SoLU lives with the models (:mod:`legibility.models.activations`), registered with transformers here and
+whenever a model is loaded, so a saved SoLU model loads with ``legibility.load_model`` (or, after
+``register_activations()``, with plain ``AutoModelForCausalLM.from_pretrained``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import activations
 
+from legibility.models.activations import SOLU, SoLU, register_activations
 from legibility.training.config import ModelConfig
 
-SOLU = "solu"
+__all__ = ["HF_ACTIVATIONS", "SOLU", "SoLU", "build_model", "register_solu"]
+
 # Our activation names -> transformers' names (GELU: the exact erf form; GPT-2's default is the tanh one).
 HF_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu", "solu": SOLU}
-
-
-class SoLU(nn.Module):
-    """x [..., neurons] -> LayerNorm(x * softmax(x, -1)) without affine parameters [..., neurons]."""
-
-    def __init__(self, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = x * torch.softmax(x, dim=-1)
-        return F.layer_norm(y, y.shape[-1:], eps=self.eps)
-
-
-def register_solu() -> None:
-    """Make ``hidden_act="solu"`` / ``activation_function="solu"`` resolvable by transformers (idempotent)."""
-    if SOLU not in activations.ACT2FN:
-        activations.ACT2FN[SOLU] = SoLU
-
-
-register_solu()
+register_solu = register_activations  # the name this module has always had
+register_activations()
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, eos_id: int = 0, seed: int = 0):

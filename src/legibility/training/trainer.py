@@ -42,6 +42,7 @@ from legibility.devices import resolve_device
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import predict
+from legibility.metrics.table import TRAINED_FACTS
 from legibility.models.loading import LoadedModel
 from legibility.models.sites import Sites
 from legibility.training.checkpoint import (
@@ -52,7 +53,7 @@ from legibility.training.checkpoint import (
     save_checkpoint,
 )
 from legibility.training.config import RunConfig, check_run
-from legibility.training.corpus import TRAINED_FACTS, Corpus, build_corpus
+from legibility.training.corpus import Corpus, build_corpus
 from legibility.training.model import build_model
 from legibility.training.regularizers import Setup, StepContext, build_regularizers, recording
 from legibility.training.run_config import upgrade_resolved
