@@ -12,7 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PARAREL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pararel"
+# $LEGIBILITY_PARAREL first (a worktree sits one level deeper than the checkout beside shared/)
+PARAREL = Path(
+    os.environ.get("LEGIBILITY_PARAREL") or Path(__file__).resolve().parents[1].parent / "shared/data/pararel"
+)
 
 
 @pytest.fixture(autouse=True)

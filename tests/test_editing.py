@@ -35,9 +35,9 @@ from legibility.facts.counterfacts import object_token, split_wording
 from legibility.facts.types import Query
 from legibility.forward import predict
 from legibility.metrics.perplexity import perplexity
+from legibility.models.identity import identity
 from legibility.report.cards import card_html
 from legibility.report.editing import collateral_markdown, summary_markdown
-from legibility.run import weights_digest
 
 # Written out per family, independently of the code under test: where the word embedding, the
 # unembedding and each layer's FFN output projection live, and whether neurons index its rows or columns.
@@ -481,8 +481,40 @@ def test_evaluator_neighborhood_score_matches_a_direct_count():
 
 def test_weights_digest_and_settings_key():
     a, b = tiny_lm("gpt2"), tiny_lm("gpt2")
-    assert weights_digest(a) == weights_digest(b)
+    assert identity(a) == identity(b)
     with torch.no_grad():
         next(b.model.parameters()).view(-1)[0] += 1e-3
-    assert weights_digest(a) != weights_digest(b)
+    assert identity(a)["weights_sha256"] != identity(b)["weights_sha256"]
     assert settings_key({"x": 1}, "m") == settings_key({"x": 1}, "m") != settings_key({"x": 2}, "m")
+
+
+def test_edit_eval_caches_are_keyed_by_the_dtype_and_the_tokenizer(tmp_path, pararel_dir):
+    """A bfloat16 (or re-tokenized) model must not reuse the float32 model's known facts or neurons."""
+    from legibility.editing.experiment import ExperimentConfig, run_experiment
+    from legibility.errors import LegibilityError
+
+    cfg = ExperimentConfig(n_facts=1, held_out=0, others=(), data_dir=str(pararel_dir))
+    lm = tiny_lm("llama")
+    saved = tmp_path / "m"
+    lm.model.save_pretrained(saved)
+    lm.tokenizer.save_pretrained(saved)
+    retok = tmp_path / "m2"
+    lm.model.save_pretrained(retok)
+    lm.tokenizer.add_tokens(["zebra"])
+    lm.tokenizer.save_pretrained(retok)
+    out = tmp_path / "out"
+    # the same weight files in float32 and bfloat16, and the same weights with another tokenizer
+    runs = [load_model(str(saved)), load_model(str(saved), dtype="bfloat16"), load_model(str(retok))]
+    for model in runs:
+        with pytest.raises(LegibilityError, match="knows no fact"):  # a random model knows nothing
+            run_experiment(model, out, cfg, progress=False)
+    assert len(list(out.glob("known-P36-*.json"))) == 3
+
+
+def test_edit_eval_takes_the_run_lock(tmp_path):
+    from legibility.editing.experiment import run_experiment
+    from legibility.errors import LegibilityError
+    from legibility.store import run_lock
+
+    with run_lock(tmp_path), pytest.raises(LegibilityError, match="in use by another run"):
+        run_experiment(tiny_lm("llama"), tmp_path, progress=False)

@@ -254,7 +254,7 @@ def test_all_metrics_on_a_tiny_model():
 
 
 def test_the_default_metrics_are_declared_in_their_entries():
-    from legibility.metrics.spec import INDEPENDENT, default_metrics
+    from legibility.metrics.independent import INDEPENDENT, default_metrics
 
     assert default_metrics() == ["concentration", "overlap", "sparsity", "polysemanticity"]
     assert all(not INDEPENDENT[n].default for n in INDEPENDENT if n not in default_metrics())

@@ -100,7 +100,8 @@ def test_paired_costs_verdicts_and_width():
     assert "SoLU" not in hyp  # a hypothesis whose variant did not run is left out, not guessed
     assert hyp["dropout"]["p_holm"] >= hyp["dropout"]["p"]
     md = study_markdown(study)
-    assert "**dropout** (dropout is bad for interpretability): held." in md and "Holm-adjusted" in md
+    assert "**dropout** (dropout (on the FFN neurons) is bad for interpretability): held." in md
+    assert "Holm-adjusted" in md
     assert "Goal" in md and "not reached" in md
     assert "| dropout - none | specific_suppressability | -0.100 [-0.100, -0.100] |" in md
     assert "| dropout | 64, 128, 512 | -0.100 [-0.100, -0.100] |" in md
@@ -214,13 +215,17 @@ def test_module_example_runs():
     assert doctest.testmod(study).failed == 0
 
 
-def test_study_parts_share_their_baseline_trials():
+def test_study_parts_share_their_baseline_trials(tmp_path, monkeypatch):
     """The dose part reuses the study's `none` trials (same resolved config, same ids) instead of retraining."""
     from pathlib import Path
 
     from legibility.sweeps.config import load_sweep
 
     root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+    # the study's text folder (relative to where the sweep runs): its content is part of every trial id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "study_text").mkdir(parents=True)
+    (tmp_path / "runs" / "study_text" / "a.txt").write_text("some general text\n")
     study, dose = load_sweep(root / "study.yaml"), load_sweep(root / "study-dose.yaml")
     assert len(study.trials) == 120 and len({t.variant for t in study.trials}) == 10
     assert {t.run_config["model"]["d_ffn"] for t in study.trials} == {64, 128, 256, 512}

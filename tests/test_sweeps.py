@@ -105,7 +105,7 @@ def test_bad_sweep_configs_say_what_is_wrong(data, message):
             {"executor": {"name": "slurm"}},
             r"executor.name = 'slurm' is not allowed; choose one of local, ray",
         ),
-        ({"score": {"facts": -5}}, r"score.facts = -5 is out of range; allowed: >= 1"),
+        ({"score": {"facts": -5}}, r"score.facts = -5 is out of range; allowed: in \[1, 1000000\]"),
         ({"score": {"threshold": 1.5}}, r"score.threshold = 1.5 is out of range"),
         ({"score": {"ig_steps": "many"}}, r"score.ig_steps: expected an integer"),
         (

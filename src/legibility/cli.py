@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 
+from legibility.arguments import number
 from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
+from legibility.run import MAX_CONTROLS, MAX_STEPS
 
 # Commands whose parsers need no other package: parsing them imports nothing heavy.
 LIGHT_COMMANDS = {"neurons", "score", "sweep", "report", "results", "methods", "metrics", "download-pararel"}
@@ -25,46 +27,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(
-    kind: type,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` within [low, high] (or the open ends asked for)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-            ) from None
-        lo_ok = low is None or (value > low if open_low else value >= low)
-        hi_ok = high is None or (value < high if open_high else value <= high)
-        if not (lo_ok and hi_ok):
-            lo = "" if low is None else ("(" if open_low else "[") + f"{low}"
-            hi = "" if high is None else f"{high}" + (")" if open_high else "]")
-            where = (
-                f"in {lo}, {hi}"
-                if low is not None and high is not None
-                else (
-                    f"{'>' if open_low else '>='} {low}"
-                    if low is not None
-                    else f"{'<' if open_high else '<='} {high}"
-                )
-            )
-            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE = _number(int, 1)
-NON_NEGATIVE = _number(int, 0)
+_number = number
+POSITIVE = number(int, 1)
+NON_NEGATIVE = number(int, 0)
+# Upper bounds of the numbers that size memory or work: a typo (an extra zero or three) is refused at parse
+# time instead of being allocated. Generous for real use; see docs/reliability.md.
+MAX_WORKERS = 1024
+SEED = number(int, 0, 2**32 - 1)
 
 
 def _fact_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +51,9 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relations", default=None, help="comma-separated PARAREL relations, e.g. P36,P103 (default: all)"
     )
-    p.add_argument("--limit", type=POSITIVE, default=None, help="at most this many known facts per relation")
+    p.add_argument(
+        "--limit", type=number(int, 1, 10**6), default=None, help="at most this many known facts per relation"
+    )
     p.add_argument("--facts", default=None, help="JSONL file of your own facts instead of PARAREL")
     p.add_argument(
         "--data-dir",
@@ -94,7 +65,10 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--method", default="ig", help="attribution method (default: %(default)s; see `legibility methods`)"
     )
     p.add_argument(
-        "--steps", type=POSITIVE, default=20, help="integrated-gradients steps m (default: %(default)s)"
+        "--steps",
+        type=number(int, 1, MAX_STEPS),
+        default=20,
+        help=f"integrated-gradients steps m, 1 to {MAX_STEPS} (default: %(default)s)",
     )
     p.add_argument(
         "--threshold",
@@ -111,13 +85,16 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive", action="store_true", help="adapt p per fact to keep 2-5 neurons")
     p.add_argument(
         "--min-prompts",
-        type=POSITIVE,
+        type=number(int, 1, 1000),
         default=2,
         help="minimum usable prompts per fact (default: %(default)s)",
     )
     p.add_argument("--multi-token", action="store_true", help="allow multi-token targets (gold continuation)")
     p.add_argument(
-        "--known-top-k", type=POSITIVE, default=1, help="a fact is known if its target is in the top k ..."
+        "--known-top-k",
+        type=number(int, 1, 10**7),
+        default=1,
+        help="a fact is known if its target is in the top k ...",
     )
     p.add_argument(
         "--known-share",
@@ -132,7 +109,7 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         help="share of each fact's prompts held out from choosing its neurons; effects are measured on them "
         "(0: choose and measure on every prompt, the paper's in-sample protocol; default %(default)s)",
     )
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--force",
@@ -143,7 +120,10 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--ray-address", default=None, help="shard facts on Ray ('auto', 'ray://host:10001', 'local')"
     )
     p.add_argument(
-        "--workers", type=POSITIVE, default=None, help="Ray workers (default: one per GPU, else per CPU)"
+        "--workers",
+        type=number(int, 1, MAX_WORKERS),
+        default=None,
+        help="Ray workers (default: one per GPU, else per CPU)",
     )
     add_device_args(p)
 
@@ -160,7 +140,7 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     _fact_args(p)
     p.add_argument(
         "--controls",
-        type=NON_NEGATIVE,
+        type=number(int, 0, MAX_CONTROLS),
         default=3,
         help="control facts per collateral tier (same relation, same object, same subject, other relation) "
         "that each fact's neurons are tested on",
@@ -189,7 +169,9 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="sweep directory; rerunning with the same one skips finished trials"
     )
-    p.add_argument("--workers", type=POSITIVE, default=None, help="local executor: parallel processes")
+    p.add_argument(
+        "--workers", type=number(int, 1, MAX_WORKERS), default=None, help="local executor: parallel processes"
+    )
     p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
     p.add_argument(
         "--device",
@@ -219,7 +201,10 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "configs/sweeps/study-hypotheses.yaml (default: hypotheses.yaml in the sweep directory, if any)",
     )
     p.add_argument(
-        "--cards", type=NON_NEGATIVE, default=3, help="score directories: facts whose neurons get cards"
+        "--cards",
+        type=number(int, 0, 1000),
+        default=3,
+        help="score directories: facts whose neurons get cards",
     )
 
     p = sub.add_parser("results", help="query a sweep's results store with SQL (tables: trials, trials_flat)")
@@ -320,8 +305,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def _metric_names(args: argparse.Namespace) -> list[str]:
     """Parse and check --metrics before any expensive work."""
-    from legibility.metrics.independent import INDEPENDENT
-    from legibility.metrics.spec import default_metrics
+    from legibility.metrics.independent import INDEPENDENT, default_metrics
 
     raw = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if raw in ([], ["none"]):
@@ -355,6 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)
     except SystemExit as e:  # argument errors (one line) and --help
         return e.code if isinstance(e.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each, like the errors
+        return _dispatch(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command in ("neurons", "score"):
             return run_job(args, score=args.command == "score")
@@ -447,20 +442,49 @@ def _report(path: Path, cards: int, baseline: str | None = None, hypotheses: str
         raise LegibilityError(
             f"{path} is not a directory; give a `score`, `neurons` or `sweep` output folder"
         )
+    from legibility.store import run_lock
+
     if (path / "results.duckdb").exists() or (path / "sweep.yaml").exists():
         from legibility.report.html import write_report
         from legibility.report.study import load_plan
 
         plan_file = Path(hypotheses) if hypotheses else path / "hypotheses.yaml"
         plan = load_plan(plan_file) if hypotheses or plan_file.exists() else None
-        return write_report(path, baseline=baseline, plan=plan)
+        with run_lock(path):  # not while a sweep writes its store
+            return write_report(path, baseline=baseline, plan=plan)
+    probe = _probe_kind(path)
+    if probe is not None:
+        from legibility.report.probes import write_probe_report
+
+        if not (path / "results.json").exists():
+            raise LegibilityError(
+                f"{path} holds an unfinished {probe} probe run (no results.json yet); rerun its probe command "
+                "to finish it"
+            )
+        with run_lock(path):
+            return write_probe_report(path)
     from legibility.report.run_report import write_run_report
 
-    if cards:
-        from legibility.editing.memory import write_run_cards
+    with run_lock(path):  # not while a run writes its files
+        if cards:
+            from legibility.editing.memory import write_run_cards
 
-        write_run_cards(path, cards)
-    return write_run_report(path)
+            write_run_cards(path, cards)
+        return write_run_report(path)
+
+
+def _probe_kind(path: Path) -> str | None:
+    """``concept``, ``truth`` or ``checkpoints`` when ``path`` is a probe command's folder, else None."""
+    import json
+
+    for name in ("run.json", "results.json"):
+        try:
+            kind = json.loads((path / name).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in ("concept", "truth", "checkpoints"):
+            return str(kind)
+    return None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from legibility.arguments import number
+
 COMMANDS = ("export-neurons", "import-neurons", "compare-neurons")
 
 
@@ -32,12 +34,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", help="run directory, exchange JSON or EleutherAI neuron JSON")
     p.add_argument("b", help="the same kinds as A")
     p.add_argument("--json", default=None, help="also write the full comparison (with per-fact rows) here")
-    p.add_argument("--facts", type=int, default=10, help="per-fact rows to print (default: %(default)s)")
+    p.add_argument(
+        "--facts",
+        type=number(int, 0, 10**6),
+        default=10,
+        help="per-fact rows to print (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from legibility import neuron_sets as ns
+    from legibility.store import check_target, write_file
 
+    for flag in ("to", "json"):  # where the result goes, checked before anything is read
+        if getattr(args, flag, None):
+            check_target(getattr(args, flag), f"--{flag}")
     if args.command == "export-neurons":
         neuron_set = ns.from_run(args.run)
         path = ns.write_neuron_set(neuron_set, args.to)
@@ -78,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  {r['fact_id']:40s} J={r['jaccard']:.3f}  |A|={r['a']} |B|={r['b']} both={r['both']}"
                 )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_file(args.json, json.dumps(result, indent=1), "--json")
         print(f"\nfull comparison in {args.json}")
     return 0
 

@@ -86,14 +86,19 @@ class NeuronSet:
 
 def from_run(run_dir: str | os.PathLike) -> NeuronSet:
     """The neuron set of a ``neurons``/``score`` run directory (its run.json and neurons.jsonl)."""
-    from legibility.store import JsonlStore
+    from legibility.store import JsonlStore, check_idle
 
     run = Path(run_dir)
-    if not (run / "neurons.jsonl").exists():
+    if not (run / "neurons.jsonl").is_file():
         raise LegibilityError(
             f"{run} has no neurons.jsonl; give the --out directory of `legibility neurons/score`"
         )
-    settings = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    check_idle(run)  # not half-written by a run that is still going
+    settings = _read_json(run / "run.json", "a run key") if (run / "run.json").exists() else {}
+    if not isinstance(settings, dict):
+        raise LegibilityError(
+            f"{run / 'run.json'} is not a run key (a JSON object); rerun the run with --force"
+        )
     facts = {}
     for rec in JsonlStore(run / "neurons.jsonl"):
         fid = str(rec["fact_id"])
@@ -117,12 +122,19 @@ def from_run(run_dir: str | os.PathLike) -> NeuronSet:
 
 def write_neuron_set(neuron_set: NeuronSet, path: str | os.PathLike) -> Path:
     """Write ``neuron_set`` in the exchange format (atomically: a temporary file renamed into place)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(neuron_set.to_dict(), indent=1))
-    tmp.replace(out)
-    return out
+    from legibility.store import write_file
+
+    return write_file(path, json.dumps(neuron_set.to_dict(), indent=1))
+
+
+def _read_json(path: Path, what: str) -> object:
+    """The JSON in ``path``, or a one-line error naming the file and what it should be."""
+    if not path.is_file():
+        raise LegibilityError(f"{path} does not exist or is not a file; give {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LegibilityError(f"{path} is not valid JSON ({str(e)[:120]}); give {what}") from None
 
 
 def read_neuron_set(path: str | os.PathLike, results: str | os.PathLike | None = None) -> NeuronSet:
@@ -136,10 +148,7 @@ def read_neuron_set(path: str | os.PathLike, results: str | os.PathLike | None =
         return from_run(p)
     if not p.exists():
         raise LegibilityError(f"{p} does not exist; give a neuron-set JSON file or a run directory")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LegibilityError(f"{p} is not JSON ({e})") from e
+    data = _read_json(p, "a neuron-set JSON file")
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return _from_exchange(data, p)
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
@@ -155,8 +164,11 @@ def _from_exchange(data: dict, p: Path) -> NeuronSet:
             f"{p} has format version {data.get('version')!r}; this legibility reads version {VERSION}: upgrade it"
         )
     facts = {}
-    for i, row in enumerate(data.get("facts", [])):
-        if "fact_id" not in row or "neurons" not in row:
+    rows = data.get("facts", [])
+    if not isinstance(rows, list):
+        raise LegibilityError(f"{p}: 'facts' must be a list of facts")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "fact_id" not in row or "neurons" not in row:
             raise LegibilityError(f"{p}: fact #{i} lacks 'fact_id' or 'neurons'")
         fid = str(row["fact_id"])
         facts[fid] = FactNeurons(
@@ -185,11 +197,16 @@ def read_eleuther(path: str | os.PathLike, results: str | os.PathLike | None = N
     the pre-activation: our ``eleuther`` site variant.
     """
     p = Path(path)
-    data = json.loads(p.read_text())
+    shape = "an EleutherAI neurons file ({uuid: [[layer, index], ...]})"
+    data = _read_json(p, shape)
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise LegibilityError(f"{p} is not {shape}")
     relations: dict[str, str] = {}
     res = Path(results) if results else p.with_name(p.name.replace("_neurons_", "_results_"))
+    if results and not res.is_file():
+        raise LegibilityError(f"--results {res} does not exist; give EleutherAI's *_pararel_results_*.json")
     if res != p and res.exists():
-        relations = {k: str(v.get("relation_name", "")) for k, v in json.loads(res.read_text()).items()}
+        relations = _eleuther_relations(res, given=bool(results))
     match = re.match(r"(.+?)_pararel_neurons", p.name)
     facts = {
         str(uuid): FactNeurons(str(uuid), _neurons(neurons, str(uuid)), relations.get(str(uuid), ""))
@@ -205,10 +222,28 @@ def read_eleuther(path: str | os.PathLike, results: str | os.PathLike | None = N
     )
 
 
+def _eleuther_relations(path: Path, given: bool) -> dict[str, str]:
+    """uuid -> relation name from EleutherAI's results file ``{uuid: {"relation_name": ..., ...}}``."""
+    how = "" if given else " (found beside the neurons file; pass --results to name another)"
+    shape = "EleutherAI's results file ({uuid: {relation_name: ..., ...}})"
+    data = _read_json(path, shape + how)
+    if (
+        not isinstance(data, dict)
+        or data.get("format") == FORMAT
+        or not all(isinstance(v, dict) for v in data.values())
+    ):
+        raise LegibilityError(f"{path} is not {shape}{how}")
+    return {str(k): str(v.get("relation_name", "")) for k, v in data.items()}
+
+
 def _neurons(raw: object, fid: str) -> tuple[Neuron, ...]:
     """Sorted, de-duplicated (layer, index) pairs; a clear error for anything else."""
     try:
+        if isinstance(raw, str | bytes | dict):
+            raise TypeError(raw)
         pairs = [(int(layer), int(index)) for layer, index in raw]  # type: ignore[attr-defined]
+        if any(isinstance(x, bool | float) for pair in raw for x in pair):  # type: ignore[attr-defined]
+            raise TypeError(raw)
     except (TypeError, ValueError) as e:
         raise LegibilityError(
             f"fact {fid!r}: neurons must be [[layer, index], ...], got {str(raw)[:80]}"

@@ -3,7 +3,7 @@
 Every front end (the CLI's ``neurons``/``score``, the training lab's scoring, sweeps) calls :func:`run`.
 A run lives in one output directory and is keyed by everything that changes its result: the settings
 (:class:`RunSettings`), the content hash of the facts (the user's file, or the PARAREL files read) and the
-content hash of the model weights. Rerunning with the same key resumes (finished facts are not recomputed)
+content hashes of the model's weights, config and tokenizer (:mod:`legibility.models.identity`). Rerunning with the same key resumes (finished facts are not recomputed)
 and gives the same files, bit for bit, as an uninterrupted run; a different key is refused naming the keys
 that differ, or, with ``force=True``, recomputed from scratch.
 
@@ -20,7 +20,6 @@ the model themselves (``shard=ShardConfig("ray", ...)``); other executors plug i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -33,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from legibility.errors import LegibilityError
 from legibility.facts.known import KnownConfig
+from legibility.models.identity import identity, identity_of, model_ref, sha256_file
 from legibility.sharding import ModelSpec, ShardConfig
 from legibility.store import (
     atomic_write_json,
+    check_files,
     check_writable,
     is_disk_error,
     run_lock,
@@ -60,6 +61,12 @@ RESULT_FILES = (
     "suppression.png",
     "report.html",
 )
+
+
+# Upper bounds of the settings that size memory or work (a typo is refused before anything is allocated).
+MAX_STEPS = 4096  # integrated-gradients steps (the paper uses 20)
+MAX_CONTROLS = 1000  # control facts per fact
+MAX_BATCH = 65536  # prompts or path points per forward pass
 
 
 def _attribution() -> AttributionConfig:
@@ -114,8 +121,11 @@ class RunSettings:
         """Refuse out-of-range settings with one line each (before any work)."""
         a, n, k, e = self.attribution, self.neurons, self.known, self.effects
         checks = [
-            (a.steps >= 1, f"attribution steps must be >= 1, got {a.steps}"),
-            (a.batch_size >= 1, f"attribution batch size must be >= 1, got {a.batch_size}"),
+            (1 <= a.steps <= MAX_STEPS, f"attribution steps must be in [1, {MAX_STEPS}], got {a.steps}"),
+            (
+                1 <= a.batch_size <= MAX_BATCH,
+                f"attribution batch size must be in [1, {MAX_BATCH}], got {a.batch_size}",
+            ),
             (0.0 < n.threshold < 1.0, f"neuron threshold must be in (0, 1), got {n.threshold}"),
             (0.0 <= n.share < 1.0, f"refining share must be in [0, 1), got {n.share}"),
             (n.min_prompts >= 1, f"min prompts must be >= 1, got {n.min_prompts}"),
@@ -127,12 +137,18 @@ class RunSettings:
         ]
         if e is not None:
             checks += [
-                (e.controls >= 0, f"controls per tier must be >= 0, got {e.controls}"),
+                (
+                    0 <= e.controls <= MAX_CONTROLS,
+                    f"controls per tier must be in [0, {MAX_CONTROLS}], got {e.controls}",
+                ),
                 (
                     e.control_prompts is None or e.control_prompts >= 1,
                     f"control prompts must be >= 1, got {e.control_prompts}",
                 ),
-                (e.batch_size >= 1, f"effect batch size must be >= 1, got {e.batch_size}"),
+                (
+                    1 <= e.batch_size <= MAX_BATCH,
+                    f"effect batch size must be in [1, {MAX_BATCH}], got {e.batch_size}",
+                ),
             ]
         for ok, message in checks:
             if not ok:
@@ -178,14 +194,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_inputs(source: FactSource) -> Inputs:
@@ -271,56 +279,6 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return True
 
 
-def weights_digest(lm: LoadedModel) -> str:
-    """sha256 of the model weights: of its safetensors files when it was loaded from a directory (cached,
-    so it is cheap for the embedded model), else of its state dict."""
-    files_hash = weights_digest_of(lm.name)
-    if files_hash is not None:
-        return files_hash
-    h = hashlib.sha256()
-    for name, t in sorted(lm.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    return h.hexdigest()
-
-
-def weights_digest_of(model: str) -> str | None:
-    """sha256 over the safetensors files of an embedded name or a local directory, without loading the
-    model (None for anything else, e.g. a hub id). File hashes are cached by path, size and mtime."""
-    from legibility.models.embedded import EMBEDDED, cache_dir
-
-    directory = cache_dir() / "models" / model if model in EMBEDDED else Path(model).expanduser()
-    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
-    if not files:
-        return None
-    cache_path = cache_dir() / "weight-hashes.json"
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    h = hashlib.sha256()
-    changed = False
-    for f in files:
-        st = f.stat()
-        stamp = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if stamp not in cache:
-            cache[stamp] = sha256_file(f)
-            changed = True
-        h.update(f.name.encode())
-        h.update(cache[stamp].encode())
-    if changed:
-        with contextlib.suppress(OSError):  # the cache only saves time
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(cache_path, cache)
-    return h.hexdigest()
-
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
-
-
 def context_length(lm: LoadedModel) -> int | None:
     """The longest sequence the model accepts (None when its config does not say)."""
     cfg = lm.model.config
@@ -387,16 +345,18 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_key(settings: RunSettings, facts_hash: str, weights_hash: str) -> dict:
-    """The flat run key: every setting plus the content hashes of facts and weights, and the version of
-    the scorecard's definitions (a run made under other definitions is recomputed, not mixed)."""
+def run_key(settings: RunSettings, facts_hash: str, model: Mapping[str, str]) -> dict:
+    """The flat run key: every setting (the model path resolved), the version of the scorecard's definitions
+    (a run made under other definitions is recomputed, not mixed), and the content hashes of the facts and
+    of the model's weights, config and tokenizer (:func:`legibility.models.identity.identity`)."""
     from legibility.metrics.scorecard import VERSION
 
     return {
         **_flat(asdict(settings)),
+        "model": model_ref(settings.model),
         "version": VERSION,
         "facts_sha256": facts_hash,
-        "weights_sha256": weights_hash,
+        **model,
     }
 
 
@@ -437,6 +397,7 @@ def run(
     """
     settings.validate()
     out = check_writable(out_dir)
+    check_files(out, ("run.json", *RESULT_FILES))
     if (facts is None) == (source is None):
         raise LegibilityError("give the facts either as source= (a file or PARAREL) or as facts=")
     if isinstance(source, Inputs):
@@ -448,9 +409,9 @@ def run(
     facts_hash = facts_digest(inputs if source is not None else inputs.facts)
     if lm is None:
         check_model_name(settings.model)
-        weights = weights_digest_of(settings.model)
-        if weights is not None:  # refuse a changed key before spending time on loading the model
-            _check_key(out, run_key(settings, facts_hash, weights), force)
+        known = identity_of(settings.model)
+        if known is not None:  # refuse a changed key before spending time on loading the model
+            _check_key(out, run_key(settings, facts_hash, known), force)
         if not progress:
             from transformers.utils import logging as hf_logging
 
@@ -462,7 +423,7 @@ def run(
         settings = dataclasses.replace(settings, dtype=lm.precision)
     if inputs.user_file:
         check_user_facts(lm, inputs.facts, settings.multi_token, settings.min_prompts)
-    key = run_key(settings, facts_hash, weights_digest(lm))
+    key = run_key(settings, facts_hash, identity(lm))
     _check_key(out, key, force)
     try:
         with run_lock(out):
@@ -483,6 +444,14 @@ def _check_key(out: Path, key: dict, force: bool) -> None:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over") from None
+    if not isinstance(old, dict):
+        raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over")
+    if "weights_sha256" in old and "tokenizer_sha256" not in old:
+        raise LegibilityError(
+            f"{out} holds a run made by an older legibility whose run key covered the model's weights but not "
+            "its config and tokenizer files (nor the resolved model path), so it cannot tell whether they "
+            "changed since; rerun with --force to recompute it, or use another --out"
+        )
     diff = key_diff(old, key)
     if diff:
         raise LegibilityError(

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 import threading
 import warnings
@@ -154,6 +155,82 @@ def check_writable(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
     return out
 
 
+def make_dir(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``out_dir`` (and its parents), or a one-line LegibilityError saying why it cannot be."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LegibilityError(f"{flag} {out} is a file; give a directory") from None
+    except OSError as e:
+        raise LegibilityError(
+            f"{flag} {out} cannot be created ({e.strerror}); choose a directory you can write to"
+        ) from None
+    return out
+
+
+def check_files(out_dir: str | os.PathLike, names: Sequence[str], flag: str = "--out") -> None:
+    """Refuse an output directory where one of the files a job writes (``names``) is something else (a
+    directory, say): the job would fail at its end, after all the work."""
+    out = Path(out_dir)
+    for name in names:
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not path.is_file():
+            raise LegibilityError(
+                f"{flag} {out}: {path} is not a file (a directory?), but this job writes it; move it away "
+                "or choose another directory"
+            )
+
+
+def check_target(path: str | os.PathLike, flag: str = "--to") -> Path:
+    """Refuse a file to write that is a directory or lies in a directory that cannot be created."""
+    p = Path(path)
+    if p.is_dir():
+        raise LegibilityError(f"{flag} {p} is a directory; give a file name")
+    check_writable(p.parent, flag=f"{flag} {p}: its folder")
+    return p
+
+
+def write_file(path: str | os.PathLike, data: str | bytes, flag: str = "--to") -> Path:
+    """Write ``path`` atomically (temporary sibling + rename; the temporary file never survives a failure),
+    creating its folder; a path that cannot be written is a one-line LegibilityError."""
+    p = check_target(path, flag)
+    make_dir(p.parent, flag=f"{flag} {p}: its folder")
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(p)
+    except OSError as e:
+        raise LegibilityError(f"cannot write {flag} {p}: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return p
+
+
+def clean_temp(out_dir: str | os.PathLike, *subdirs: str) -> list[Path]:
+    """Delete the temporary files and folders (``*.tmp``) that a killed job left in ``out_dir`` (and in its
+    ``subdirs``); call it only while holding the directory's :func:`run_lock`, when no one writes them."""
+    removed = []
+    for d in (Path(out_dir), *(Path(out_dir) / s for s in subdirs)):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if not p.name.endswith(".tmp") or p.name.startswith(f"{LOCK_NAME}."):
+                continue
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+    return removed
+
+
 def _publish(path: Path, text: str) -> None:
     """Create ``path`` holding ``text``, or raise FileExistsError; the file never exists empty.
 
@@ -187,8 +264,7 @@ def run_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
     file names the holder for the error message; a file left by a killed run is taken over with a warning.
     Elsewhere the file itself is the lock (created exclusively; a holder whose pid is gone is stale).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     path = out / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     try:
@@ -227,6 +303,7 @@ def run_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
             )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
+        clean_temp(out)  # what a killed run left behind
         try:
             yield path
         finally:
@@ -234,6 +311,34 @@ def run_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
                 path.unlink()  # while still holding the lock: a waiter then sees another inode and retries
     finally:
         os.close(fd)
+
+
+def check_idle(out_dir: str | os.PathLike) -> None:
+    """Refuse to read a directory that a run holds right now (its files are still being written), without
+    writing anything into it."""
+    path = Path(out_dir) / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:
+        holder = _holder(path)
+        pid = holder.get("pid")
+        busy = isinstance(pid, int) and holder.get("host") == socket.gethostname() and _alive(pid)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            busy = False
+        except BlockingIOError:
+            busy, pid = True, _holder(path).get("pid")
+        finally:
+            os.close(fd)
+    if busy:
+        raise LegibilityError(
+            f"{out_dir} is in use by a run (pid {pid}) that is still writing it; wait for it to finish"
+        )
 
 
 def _holder(path: Path) -> dict:
@@ -269,6 +374,7 @@ def _file_lock(out: Path, path: Path, me: dict) -> Iterator[None]:
         break
     else:
         raise LegibilityError(f"could not take the lock {path}; is another run starting on {out}?")
+    clean_temp(out)
     try:
         yield
     finally:

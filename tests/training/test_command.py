@@ -61,9 +61,24 @@ def test_config_errors_name_the_key_and_what_is_allowed(data, message):
             r"^model.builtin_dropout = 1.5 is out of range; allowed: in \[0.0, 1.0\)$",
         ),
         ({"model": {"builtin_dropout": 1.0}}, r"^model.builtin_dropout = 1.0 is out of range"),
-        ({"model": {"n_heads": 0}}, r"^model.n_heads = 0 is out of range; allowed: >= 1$"),
+        ({"model": {"n_heads": 0}}, r"^model.n_heads = 0 is out of range; allowed: in \[1, 256\]$"),
         ({"model": {"n_heads": 3}}, r"model.d_model \(64\) must be divisible by model.n_heads \(3\)"),
-        ({"model": {"n_layers": 0}}, r"^model.n_layers = 0 is out of range; allowed: >= 1$"),
+        ({"model": {"n_layers": 0}}, r"^model.n_layers = 0 is out of range; allowed: in \[1, 256\]$"),
+        # numbers that size memory are bounded above, before anything is allocated
+        (
+            {"model": {"d_ffn": 10**9}},
+            r"^model.d_ffn = 1000000000 is out of range; allowed: in \[1, 65536\]$",
+        ),
+        ({"train": {"batch_size": 10**7}}, r"^train.batch_size = 10000000 is out of range"),
+        ({"data": {"n_sentences": 10**10}}, r"^data.n_sentences = 10000000000 is out of range"),
+        (
+            {"model": {"n_layers": 256, "d_model": 16384, "n_heads": 4, "context": 64}},
+            r"about 277.0B parameters .*at most 2B",
+        ),
+        (
+            {"model": {"d_ffn": 65536, "context": 2048}, "train": {"batch_size": 4096, "seq_len": 2048}},
+            r"^train.batch_size 4096 x train.seq_len 2048 needs about",
+        ),
         ({"model": {"d_ffn": -4}}, r"^model.d_ffn = -4 is out of range"),
         ({"train": {"warmup": -1}}, r"^train.warmup = -1 is out of range; allowed: >= 0$"),
         (

@@ -287,6 +287,9 @@ def test_the_example_finetune_configs_validate():
     from legibility.training.finetune import load_finetune_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
+    text = root.parents[1] / "shared" / "data" / "wikitext2"
+    if not text.is_dir():
+        pytest.skip(f"the WikiText-2 text is not at {text} (bench/finetune_text.py writes it)")
     for path in sorted((root / "finetune").glob("*.yaml")):
         assert load_finetune_config(path).model == "smollm2-135m"
     sweep = load_sweep(root / "sweeps" / "finetune.yaml")

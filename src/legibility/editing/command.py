@@ -11,10 +11,14 @@ import json
 import sys
 from pathlib import Path
 
+from legibility.arguments import number
 from legibility.devices import add_device_args
 from legibility.errors import LegibilityError
 
 COMMANDS = ("edit", "erase", "neuron", "edit-eval")
+# counts of facts, neurons and tokens: each sizes work, so each has an upper bound
+COUNT = number(int, 0, 100_000)
+POSITIVE = number(int, 1, 100_000)
 
 
 def add_parsers(subparsers) -> None:
@@ -26,19 +30,34 @@ def add_parsers(subparsers) -> None:
     p.add_argument(
         "--prompt", action="append", help="prompt with [Y] (default: the relation's PARAREL prompts)"
     )
-    p.add_argument("--lambda-old", type=float, default=1.0, help="lambda1, weight of E[old] (default 1)")
-    p.add_argument("--lambda-new", type=float, default=8.0, help="lambda2, weight of E[new] (default 8)")
+    p.add_argument(
+        "--lambda-old",
+        type=number(float, -1e6, 1e6),
+        default=1.0,
+        help="lambda1, weight of E[old] (default 1)",
+    )
+    p.add_argument(
+        "--lambda-new",
+        type=number(float, -1e6, 1e6),
+        default=8.0,
+        help="lambda2, weight of E[new] (default 8)",
+    )
     p.add_argument(
         "--embedding", choices=("input", "output"), default="input", help="E = word embedding or unembedding"
     )
     p.add_argument(
         "--relation-facts",
-        type=int,
+        type=COUNT,
         default=0,
         help="locate neurons of this many other known facts of the relation and leave out neurons shared by "
         "more than --max-share of them (paper protocol; costs one attribution per fact; default 0: off)",
     )
-    p.add_argument("--max-share", type=float, default=0.1, help="shared-neuron cut-off (default 0.1)")
+    p.add_argument(
+        "--max-share",
+        type=number(float, 0.0, 1.0, open_low=True),
+        default=0.1,
+        help="shared-neuron cut-off in (0, 1] (default 0.1)",
+    )
     _collateral_args(p)
     p.add_argument(
         "--unknown-ok",
@@ -53,13 +72,15 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--relation", required=True, help="PARAREL relation id, e.g. P36")
-    p.add_argument("--facts", type=int, default=10, help="known facts whose knowledge neurons are located")
-    p.add_argument("--top", type=int, default=20, help="N: erase the N most shared neurons")
+    p.add_argument(
+        "--facts", type=POSITIVE, default=10, help="known facts whose knowledge neurons are located"
+    )
+    p.add_argument("--top", type=POSITIVE, default=20, help="N: erase the N most shared neurons")
     p.add_argument("--mode", choices=("zero", "unk"), default="zero", help="value vectors set to 0 or E[unk]")
     p.add_argument("--other", default="P37", help="comma-separated relations to check for collateral damage")
     p.add_argument(
         "--held-out",
-        type=int,
+        type=COUNT,
         default=10,
         help="further known facts of the relation, not used to choose the neurons (does the erase generalize?)",
     )
@@ -70,9 +91,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("model", help="embedded model name, local directory or HF id")
     p.add_argument("neuron", help="LAYER:INDEX, e.g. 17:1043")
     p.add_argument("--relations", default="P36,P1376,P37", help="PARAREL relations whose prompts are read")
-    p.add_argument("--facts", type=int, default=20, help="facts per relation read")
+    p.add_argument("--facts", type=COUNT, default=20, help="facts per relation read")
     p.add_argument("--text", help="a text file read line by line (default: the built-in sample)")
-    p.add_argument("--top", type=int, default=10, help="tokens and contexts shown")
+    p.add_argument("--top", type=POSITIVE, default=10, help="tokens and contexts shown")
     p.add_argument("--html", help="also write the card as an HTML fragment to this file")
     _common(p)
 
@@ -81,11 +102,11 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--relation", default="P36")
-    p.add_argument("--facts", type=int, default=15, help="known facts located and edited")
-    p.add_argument("--held-out", type=int, default=15, help="further known facts for the erase evaluation")
+    p.add_argument("--facts", type=POSITIVE, default=15, help="known facts located and edited")
+    p.add_argument("--held-out", type=COUNT, default=15, help="further known facts for the erase evaluation")
     p.add_argument("--other", default="P37,P103", help="relations for locality")
-    p.add_argument("--other-facts", type=int, default=10)
-    p.add_argument("--top", type=int, default=20, help="erase: N most shared neurons")
+    p.add_argument("--other-facts", type=COUNT, default=10)
+    p.add_argument("--top", type=POSITIVE, default=20, help="erase: N most shared neurons")
     p.add_argument("--mode", choices=("zero", "unk"), default="zero")
     p.add_argument("--out", required=True, help="output directory (attributions are cached there)")
     _common(p)
@@ -94,7 +115,7 @@ def add_parsers(subparsers) -> None:
 def _collateral_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--collateral",
-        type=int,
+        type=COUNT,
         default=10,
         help="known facts of the same relation (other subjects) and of the --collateral-relations whose "
         "p(correct) and top-1 are measured before and after the edit (default 10 each; 0: off)",
@@ -108,7 +129,7 @@ def _collateral_args(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="PARAREL folder (default: found automatically)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
     add_device_args(p)
     p.set_defaults(editing_command=p.prog.split()[-1])
 
@@ -118,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from legibility.models.loading import load_model
 
     name = args.editing_command
+    _check_outputs(args)  # before minutes of loading and attributing
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if name == "neuron":
         return _neuron(lm, args)
@@ -128,6 +150,50 @@ def run(args: argparse.Namespace) -> int:
     if name == "edit-eval":
         return _edit_eval(lm, args)
     raise LegibilityError(f"unknown editing command {name!r}; use one of {', '.join(COMMANDS)}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Inputs and output paths that can be checked without the model: checked first."""
+    from legibility.run import check_model_name
+    from legibility.store import check_files, check_target, check_writable
+
+    check_model_name(args.model)
+    if getattr(args, "save", None):
+        check_writable(args.save, "--save")
+        check_files(args.save, ("config.json", "model.safetensors"), "--save")
+    if getattr(args, "html", None):
+        check_target(args.html, "--html")
+    if getattr(args, "text", None) and not Path(args.text).is_file():
+        raise LegibilityError(f"--text {args.text}: no such file; give a UTF-8 text file")
+    if args.editing_command == "edit-eval":
+        check_writable(args.out)
+        check_files(args.out, ("edits.jsonl", "erase.json", "summary.json"))
+    if args.editing_command == "neuron":
+        _parse_neuron(args.neuron)
+    if args.editing_command == "edit":
+        _fact_parts(args.fact)
+    relations = [getattr(args, "relation", None) or ""]
+    for flag in ("other", "relations"):
+        relations += (getattr(args, flag, None) or "").split(",")
+    if args.editing_command != "edit" and any(r.strip() for r in relations):
+        from legibility.facts.pararel import pararel_relations
+
+        available = pararel_relations(args.data_dir)
+        unknown = sorted({r.strip() for r in relations if r.strip()} - set(available))
+        if unknown:
+            raise LegibilityError(
+                f"unknown relation(s) {', '.join(unknown)}; PARAREL has: {', '.join(available)}"
+            )
+
+
+def _save(lm, copy, target: str, what: str) -> None:
+    """Write an edited model copy into ``target`` while holding its folder's lock."""
+    from legibility.store import run_lock
+
+    with run_lock(target):
+        copy.model.save_pretrained(target)
+        lm.tokenizer.save_pretrained(target)
+    print(f"{what} model written to {target}")
 
 
 def _parse_neuron(text: str) -> tuple[int, int]:
@@ -153,25 +219,25 @@ def _neuron(lm, args) -> int:
         else []
     )
     prompts = [p for f in facts for p in render(lm, f).prompts]
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else SAMPLE_TEXT
+    try:
+        text = Path(args.text).read_text(encoding="utf-8") if args.text else SAMPLE_TEXT
+    except UnicodeDecodeError as e:
+        raise LegibilityError(f"--text {args.text} is not UTF-8 text ({e.reason}); convert it") from None
     card = neuron_card(
         lm, layer, index, prompts, text, CardConfig(top_tokens=args.top, top_contexts=args.top)
     )
     print(card_text(card))
     if args.html:
-        Path(args.html).write_text(card_html(card), encoding="utf-8")
+        from legibility.store import write_file
+
+        write_file(args.html, card_html(card), "--html")
     return 0
 
 
 def _fact_from(args, lm):
     from legibility.facts.types import Fact
 
-    parts = [s.strip() for s in args.fact.split("|")]
-    if len(parts) != 3 or not all(parts):
-        raise LegibilityError(
-            f'--fact {args.fact!r} must be "subject|relation|object", e.g. "France|P36|Paris"'
-        )
-    subject, relation, obj = parts
+    subject, relation, obj = _fact_parts(args.fact)
     if args.prompt:
         prompts = tuple(p.replace("[X]", subject) for p in args.prompt)
     else:
@@ -182,6 +248,13 @@ def _fact_from(args, lm):
     if args.relation_facts:
         others = _known_facts(lm, args, [relation], args.relation_facts, exclude=subject)
     return Fact(subject, relation, obj, prompts), others
+
+
+def _fact_parts(text: str) -> tuple[str, str, str]:
+    parts = [s.strip() for s in text.split("|")]
+    if len(parts) != 3 or not all(parts):
+        raise LegibilityError(f'--fact {text!r} must be "subject|relation|object", e.g. "France|P36|Paris"')
+    return parts[0], parts[1], parts[2]
 
 
 def _known_facts(lm, args, relations: list[str], limit: int, exclude: str | None = None) -> list:
@@ -283,10 +356,7 @@ def _edit(lm, args) -> int:
         groups = {f"same relation ({fact.relation})": same, f"other relations ({','.join(rels)})": other}
         print(_collateral_table(collateral(lm, edit, groups, new_id), args.new))
     if args.save:
-        copy = edit.copy(lm)
-        copy.model.save_pretrained(args.save)  # type: ignore[operator]
-        lm.tokenizer.save_pretrained(args.save)  # type: ignore[attr-defined]
-        print(f"edited model written to {args.save}")
+        _save(lm, edit.copy(lm), args.save, "edited")
     return 0
 
 
@@ -326,10 +396,7 @@ def _erase(lm, args) -> int:
         if key not in ("arm", "neurons"):
             print(f"  {key:24s} knowledge neurons {kn[key]!s:>22}   random {rnd.get(key)!s:>22}")
     if args.save:
-        copy = relation_erase(lm, sets, cfg.erase).copy(lm)
-        copy.model.save_pretrained(args.save)  # type: ignore[operator]
-        lm.tokenizer.save_pretrained(args.save)  # type: ignore[attr-defined]
-        print(f"erased model written to {args.save}")
+        _save(lm, relation_erase(lm, sets, cfg.erase).copy(lm), args.save, "erased")
     return 0
 
 

@@ -3,8 +3,9 @@ edit each fact and erase the relation, each against random neurons; results are 
 
 Knowledge neurons are located with the prompts in the relation's first wording only (e.g. "capital"), so
 that prompts in the other wording (e.g. "capital city") measure synonymy. Known facts and attributions are
-cached in ``out_dir`` under file names keyed by everything they depend on: the model (name and a sha256 of
-its weights), the content of the PARAREL facts read, and the settings (``known-<key>.json``,
+cached in ``out_dir`` under file names keyed by everything they depend on: the model (the sha256 of its
+weights, config and tokenizer, and the dtype it runs in), the content of the PARAREL facts read, and the
+settings (``known-<key>.json``,
 ``neurons-<key>.jsonl``). A rerun with the same inputs (e.g. other edit settings) reuses them; another model
 or other settings get their own files and never read stale ones.
 """
@@ -39,9 +40,10 @@ from legibility.facts.render import render
 from legibility.facts.types import RenderedFact
 from legibility.forward import predict
 from legibility.metrics.text import SAMPLE_TEXT
+from legibility.models.identity import identity
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig
-from legibility.run import weights_digest
+from legibility.store import run_lock
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _known(
     cfg: ExperimentConfig,
     out: Path,
     progress: bool,
-    weights: str,
+    model: dict,
 ) -> list[RenderedFact]:
     """Known facts of ``relations`` (at most ``limit`` each), cached by id in ``out`` (the scan is slow)
     under a name keyed by the model, the facts' content, ``limit`` and the seed."""
@@ -85,7 +87,7 @@ def _known(
 
     facts = load_pararel(cfg.data_dir, relations=relations)
     known_cfg = KnownConfig(limit=limit)
-    key = settings_key(lm.name, weights, facts_digest(facts), relations, asdict(known_cfg), cfg.eval.seed)
+    key = settings_key(model, facts_digest(facts), relations, asdict(known_cfg), cfg.eval.seed)
     cache = out / f"known-{'-'.join(relations)}-{key}.json"
     if cache.exists():
         by_id = {f.id: f for f in facts}
@@ -102,11 +104,18 @@ def run_experiment(
 ) -> dict:
     """Run the experiment, write ``edits.jsonl``, ``erase.json`` and ``summary.json``; return the summary."""
     cfg = config or ExperimentConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir) as lock:
+        return _run_experiment(lm, lock.parent, cfg, progress)
+
+
+def _run_experiment(lm: LoadedModel, out: Path, cfg: ExperimentConfig, progress: bool) -> dict:
     rel = cfg.relation
-    weights = weights_digest(lm)
-    known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress, weights)
+    ident = identity(lm)
+    weights = ident["weights_sha256"]
+    # what keys the caches: the model by content and the dtype it runs in (a bfloat16 run attributes
+    # differently from a float32 one)
+    model = {**ident, "dtype": lm.precision}
+    known = _known(lm, [rel], cfg.n_facts + cfg.held_out, cfg, out, progress, model)
     wordings = pararel_wordings(rel, cfg.data_dir)
     inverse = INVERSE_RELATIONS.get(rel)
     inverse_templates = list(pararel_wordings(inverse, cfg.data_dir)) if inverse else []
@@ -142,8 +151,7 @@ def run_experiment(
     from legibility.pipeline import find_neurons
 
     located_key = settings_key(
-        lm.name,
-        weights,
+        model,
         cfg.method,
         asdict(cfg.neurons),
         [(r.fact.id, r.fact.object, [p.text for p in r.prompts]) for r in located],
@@ -167,7 +175,7 @@ def run_experiment(
             ).prompts
         cases.append(EditCase(r, new, list(ns), syn.prompts, inv_new, inv_old))  # type: ignore[arg-type]
 
-    others = _known(lm, list(cfg.others), cfg.n_others, cfg, out, progress, weights) if cfg.others else []
+    others = _known(lm, list(cfg.others), cfg.n_others, cfg, out, progress, model) if cfg.others else []
     variants = {"paper": cfg.eval}
     if cfg.unfiltered:
         variants["unfiltered"] = replace(cfg.eval, edit=replace(cfg.eval.edit, max_share=1.0))

@@ -1,5 +1,5 @@
-"""Content hashes that key cached editing results: any JSON-ready settings (the model's weights are keyed
-with the runner's :func:`legibility.run.weights_digest`)."""
+"""Content hashes that key cached editing results: any JSON-ready settings (the model is keyed by
+:func:`legibility.models.identity.identity`)."""
 
 from __future__ import annotations
 

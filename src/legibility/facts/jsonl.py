@@ -23,7 +23,7 @@ def jsonl_objects(path: str | os.PathLike, what: str, keys: str) -> Iterator[tup
     ``what`` names the file in messages ("facts file"), ``keys`` says what an object holds."""
     p = Path(path)
     if not p.is_file():
-        raise LegibilityError(f"{what} {p} does not exist")
+        raise LegibilityError(f"{what} {p} {'is a folder, not a file' if p.is_dir() else 'does not exist'}")
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:

@@ -139,11 +139,21 @@ def load_pararel(
     return facts
 
 
+def pararel_files(data_dir: str | os.PathLike | None, relations: list[str] | None) -> tuple[Path, list[Path]]:
+    """(the PARAREL folder, the pattern and fact files that :func:`load_pararel` reads for ``relations``)."""
+    root = find_pararel(data_dir)
+    rels = relations or pararel_relations(root)
+    files = [root / kind / f"{rel}.jsonl" for rel in rels for kind in ("patterns", "facts")]
+    return root, [f for f in files if f.is_file()]
+
+
 def download_pararel(target: str | os.PathLike | None = None, relations: list[str] | None = None) -> Path:
     """Fetch PARAREL patterns and facts from upstream into ``target`` (default: the cache)."""
+    from legibility.store import make_dir
+
     root = Path(target) if target else cache_dir() / "data" / "pararel"
     for sub in ("patterns", "facts"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        make_dir(root / sub, "--to")
     for rel in relations or RELATIONS:
         for sub, url in (("patterns", PATTERNS_URL), ("facts", FACTS_URL)):
             dest = root / sub / f"{rel}.jsonl"

@@ -39,6 +39,11 @@ from legibility.models.loading import LoadedModel
 PREFIX = "independent"
 
 
+def default_metrics() -> list[str]:
+    """The independent metrics computed unless asked otherwise (their entries say ``default=True``)."""
+    return [name for name, spec in INDEPENDENT.items() if spec.default]
+
+
 def compute_metrics(names: Sequence[str], ctx: MetricContext) -> dict[str, Estimate]:
     """Run the named metrics (all when ``names`` is empty or ["all"]) -> {"independent.<name>.<key>": Estimate}.
 

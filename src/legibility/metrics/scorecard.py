@@ -404,7 +404,9 @@ def score_metrics(
     return out
 
 
-def scorecard(neuron_records: Sequence[dict], effects: Sequence[dict] | None, seed: int = 0) -> dict[str, dict]:
+def scorecard(
+    neuron_records: Sequence[dict], effects: Sequence[dict] | None, seed: int = 0
+) -> dict[str, dict]:
     """metric name -> {value, ci_low, ci_high, n}."""
     return {k: v.to_dict() for k, v in score_metrics(neuron_records, effects, seed).items()}
 

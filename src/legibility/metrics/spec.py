@@ -106,13 +106,6 @@ class MetricSpec:
 INDEPENDENT: Registry[MetricSpec] = Registry("independent metric")
 
 
-def default_metrics() -> list[str]:
-    """The independent metrics computed unless asked otherwise (their entries say ``default=True``)."""
-    import legibility.metrics.independent  # noqa: F401  (registers every metric)
-
-    return [name for name, spec in INDEPENDENT.items() if spec.default]
-
-
 def register(
     name: str,
     *,

@@ -12,7 +12,6 @@ directory when it gets the lock.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,14 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from legibility.errors import LegibilityError
+from legibility.models.files import cache_dir, sha256_file
+
+__all__ = ["cache_dir", "convert_once", "find_gguf", "gguf_model_dir", "sha256"]
 
 # Files a finished conversion holds; a directory without them is not trusted.
 DONE = ("config.json", "model.safetensors")
-
-
-def cache_dir() -> Path:
-    """Root of legibility's caches: $LEGIBILITY_CACHE, else ~/.cache/legibility."""
-    return Path(os.environ.get("LEGIBILITY_CACHE", Path.home() / ".cache" / "legibility"))
 
 
 def find_gguf(path: str | os.PathLike) -> Path | None:
@@ -47,13 +44,9 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
     return found[0] if found else None
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (a GGUF can be many GB)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (a GGUF can be many GB: cached, see :mod:`legibility.models.files`)."""
+    return sha256_file(path, cached=True)
 
 
 def architecture(path: Path) -> str:
@@ -62,9 +55,10 @@ def architecture(path: Path) -> str:
 
     try:
         field = GGUFReader(path).fields["general.architecture"]
-    except (KeyError, ValueError, OSError) as e:
-        raise LegibilityError(f"{path} is not a readable GGUF file ({e}); check the download") from e
-    return bytes(field.parts[field.data[0]]).decode()
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as e:  # the reader raises whatever a cut or garbled file happens to trip on
+        what = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise LegibilityError(f"{path} is not a readable GGUF file ({what}); check the download") from e
 
 
 def _readable() -> list[str]:
@@ -113,7 +107,8 @@ def convert_once(target: Path, convert: Callable[[Path], None]) -> Path:
     """``target`` once ``convert(tmp_dir)`` has filled it; safe when several processes ask at once.
 
     The conversion runs under a file lock, into a temporary sibling that is renamed into place, so a killed
-    conversion never leaves a half-written ``target`` and a concurrent caller waits, then reuses the result.
+    conversion never leaves a half-written ``target`` and a concurrent caller waits, then reuses the result;
+    the temporary folder a killed conversion left behind is deleted by the next one.
     """
     from filelock import FileLock
 
@@ -123,6 +118,10 @@ def convert_once(target: Path, convert: Callable[[Path], None]) -> Path:
     with FileLock(str(target) + ".lock"):
         if _done(target):  # another process finished it while we waited
             return target
+        for stale in target.parent.glob(
+            f".{target.name}-*"
+        ):  # left by a killed conversion (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
             convert(tmp)

@@ -123,6 +123,8 @@ def _load_from(name: str, dtype: torch.dtype, device: torch.device):
         )
     else:
         path = name  # a hub id: needs network unless already in the HF cache
+    from safetensors import SafetensorError
+
     try:
         config = AutoConfig.from_pretrained(path)
         arch = architecture(getattr(config, "model_type", ""))
@@ -132,11 +134,27 @@ def _load_from(name: str, dtype: torch.dtype, device: torch.device):
         # never exists as a float32 copy in CPU memory first.
         device_map: dict[str, torch.device] | None = None if device.type == "cpu" else {"": device}
         model = auto.from_pretrained(path, dtype=dtype, device_map=device_map)
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise LegibilityError(
-            f"could not load model {name!r}: {str(e).splitlines()[0]}. Offline, use a local directory or the "
+            f"could not load model {name!r}: {_first_line(e)}. Offline, use a local directory or the "
             f"embedded {sorted(EMBEDDED)}."
+        ) from e
+    except (SafetensorError, RuntimeError) as e:  # a cut or damaged weight file; weights that misfit config
+        raise LegibilityError(
+            f"could not load the weights of model {name!r} ({_first_line(e)}); the files are damaged or do "
+            "not match its config.json: copy or download the model again"
+        ) from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # tokenizers raises a bare Exception for a damaged tokenizer.json
+        raise LegibilityError(
+            f"could not load the tokenizer of model {name!r} ({_first_line(e)}); its tokenizer files are "
+            "damaged or missing: copy or download the model again"
         ) from e
     model_kind(model)
     return model, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0].rstrip(".") if text else type(e).__name__)[:300]

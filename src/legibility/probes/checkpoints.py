@@ -20,12 +20,14 @@ from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import predict
 from legibility.metrics.table import info, names
+from legibility.models.identity import identity_of, sha256_file
 from legibility.models.loading import load_model
 from legibility.probes.activations import extract
 from legibility.probes.concept import ProbeSettings, probe_layers
 from legibility.probes.data import encode_labels, pararel_examples
 from legibility.probes.figures import checkpoints_figure
-from legibility.store import check_settings
+from legibility.store import atomic_write_json, check_settings, check_writable, run_lock
+from legibility.training.config import RunConfig
 from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
 from legibility.training.run_config import parse_run_config
 
@@ -56,13 +58,30 @@ def score_checkpoints(
 ) -> list[dict]:
     """One record per checkpoint (``step``, ``probe.<task>`` at the best layer, per-layer accuracies,
     ``fact_accuracy``, scorecard metrics); finished checkpoints are read back on a rerun."""
-    run, out = Path(run_dir), Path(out_dir)
+    run, out = Path(run_dir), check_writable(out_dir)
     c = cfg or CheckpointScoring()
     found = checkpoints_of(run)
-    check_settings(
-        out, json.loads(json.dumps({"kind": "checkpoints", "run": str(run.resolve()), **asdict(c)}))
-    )
-    run_cfg = parse_run_config(json.loads((run / "config.json").read_text()))
+    try:
+        run_cfg = parse_run_config(json.loads((run / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        raise LegibilityError(f"{run / 'config.json'} is missing or not readable JSON ({e})") from None
+    # keyed by the training run's content (its config, data and final model), not only its path: a run
+    # retrained into the same folder is scored again
+    settings = {
+        "kind": "checkpoints",
+        "run": str(run.resolve()),
+        **asdict(c),
+        "run_config_sha256": sha256_file(run / "config.json"),
+        **{f"model.{k}": v for k, v in (identity_of(str(run / "model")) or {}).items()},
+    }
+    with run_lock(out):
+        check_settings(out, json.loads(json.dumps(settings)))
+        return _score_checkpoints(run, out, c, found, run_cfg)
+
+
+def _score_checkpoints(
+    run: Path, out: Path, c: CheckpointScoring, found: list[Path], run_cfg: RunConfig
+) -> list[dict]:
     facts = all_template_facts(run_cfg)
     lm = load_model(str(run / "model"))
     lm.add_special_tokens = False
@@ -72,11 +91,17 @@ def score_checkpoints(
         if step % c.every:
             continue
         path = out / f"{ckpt.name}.json"
+        weights = sha256_file(ckpt / "model.safetensors", cached=True)
         if path.exists():
-            records.append(json.loads(path.read_text()))
-            continue
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                rec = {}
+            if rec.get("weights_sha256", weights) == weights:  # records from before the key: kept
+                records.append(rec)
+                continue
         load_weights(lm.model, str(ckpt / "model.safetensors"))
-        rec: dict = {"step": step}
+        rec = {"step": step, "weights_sha256": weights}
         for task in ("relation", "object"):
             ex = pararel_examples(facts, task)
             labels, _ = encode_labels(ex)
@@ -104,9 +129,9 @@ def score_checkpoints(
                 m = scored["metrics"].get(k)
                 rec[k] = m["value"] if m else float("nan")
             shutil.rmtree(tmp)
-        path.write_text(json.dumps(rec, indent=2))
+        atomic_write_json(path, rec)
         records.append(rec)
-    (out / "checkpoints.json").write_text(json.dumps(records, indent=2))
+    atomic_write_json(out / "checkpoints.json", records)
     return records
 
 

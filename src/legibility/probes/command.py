@@ -9,13 +9,29 @@ import argparse
 import json
 from pathlib import Path
 
+from legibility.arguments import number
+from legibility.devices import add_device_args
 from legibility.errors import LegibilityError
+from legibility.store import atomic_write_json, check_files, check_writable, run_lock
 
 COMMANDS = ("probe", "probe-truth", "probe-checkpoints")
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated finite steering scales."""
+    scale = number(float, -1000.0, 1000.0)
+    values = tuple(scale(t) for t in _csv(text))
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one scale, e.g. 1,2,4")
+    return values
+
+
+FACTS = number(int, 1, 10_000)  # facts per relation
+SEED = number(int, 0, 2**32 - 1)
 
 
 def add_parser(subparsers) -> None:
@@ -27,34 +43,45 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--task", choices=("relation", "object"), default="relation", help="PARAREL label")
     p.add_argument("--relations", default="P17,P19,P36,P37,P101,P103", help="PARAREL relations")
-    p.add_argument("--facts", type=int, default=20, help="facts per relation")
+    p.add_argument("--facts", type=FACTS, default=20, help="facts per relation")
     p.add_argument("--position", choices=("last", "subject"), default="last", help="token read")
     p.add_argument("--sites", default="resid,ffn", help="comma-separated: resid, ffn")
-    p.add_argument("--folds", type=int, default=3, help="k of the k-fold split by fact/group")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--folds", type=number(int, 2, 100), default=3, help="k of the k-fold split by fact/group (2 to 100)"
+    )
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="run directory")
+    add_device_args(p)
 
     p = subparsers.add_parser("probe-truth", help="truth probes, steering and the lying condition on PARAREL")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--relations", default="P17,P19,P36,P37,P101,P103,P1412,P30")
     p.add_argument("--held-out", default="P1412,P30", help="relations only tested on")
-    p.add_argument("--facts", type=int, default=20, help="facts per relation")
-    p.add_argument("--templates", type=int, default=2, help="templates per fact")
+    p.add_argument("--facts", type=FACTS, default=20, help="facts per relation")
+    p.add_argument("--templates", type=number(int, 1, 100), default=2, help="templates per fact")
     p.add_argument("--known-only", action="store_true", help="only pairs the model judges right")
     p.add_argument("--iid", action="store_true", help="also the covariance-corrected mass-mean probe")
-    p.add_argument("--ccs-restarts", type=int, default=5)
+    p.add_argument("--ccs-restarts", type=number(int, 1, 1000), default=5)
     p.add_argument(
-        "--scales", default="1,2,4", help="steering scales (multiples of the class-mean difference)"
+        "--scales",
+        type=_scales,
+        default=(1.0, 2.0, 4.0),
+        help="comma-separated steering scales (multiples of the class-mean difference; default 1,2,4)",
     )
-    p.add_argument("--shots", type=int, default=4, help="statements in the few-shot contexts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shots", type=number(int, 0, 64), default=4, help="statements in the few-shot contexts (0 to 64)"
+    )
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True)
+    add_device_args(p)
 
     p = subparsers.add_parser("probe-checkpoints", help="score a training run's checkpoints against the step")
     p.add_argument("runs", nargs="+", help="training run directories (legibility train --out)")
     p.add_argument("--no-suppressability", action="store_true", help="skip the scorecard (fast)")
-    p.add_argument("--score-facts", type=int, default=30)
-    p.add_argument("--every", type=int, default=1, help="score only steps that are multiples of this")
+    p.add_argument("--score-facts", type=number(int, 1, 1_000_000), default=30)
+    p.add_argument(
+        "--every", type=number(int, 1, 10**9), default=1, help="score only steps that are multiples of this"
+    )
     p.add_argument("--out", required=True, help="output directory (one subfolder per run)")
 
 
@@ -67,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from legibility.probes.truth import TruthSettings
     from legibility.report.probes import write_probe_report
 
+    if args.command in ("probe", "probe-truth"):
+        from legibility.run import check_model_name
+
+        check_model_name(args.model)
     if args.command == "probe":
         sites = _csv(args.sites)
         if not sites or set(sites) - {"resid", "ffn"}:
@@ -80,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
             position=args.position,
             sites=sites,
             probe=ProbeSettings(folds=args.folds, seed=args.seed),
+            dtype=args.dtype,
         )
-        res = run_concept(cfg, args.out)
+        res = run_concept(cfg, args.out, device=args.device)
         for site, rows in res["layers"].items():
             b = res["best_layer"][site]
             r = rows[b]
@@ -99,30 +131,38 @@ def run(args: argparse.Namespace) -> int:
             templates=args.templates,
             known_only=args.known_only,
             truth=TruthSettings(iid=args.iid, ccs_restarts=args.ccs_restarts, seed=args.seed),
-            steer_scales=tuple(float(s) for s in _csv(args.scales)),
+            steer_scales=args.scales,
             shots=args.shots,
+            dtype=args.dtype,
         )
-        res = run_truth(cfg_t, args.out)
+        res = run_truth(cfg_t, args.out, device=args.device)
         print(json.dumps({"n_pairs": res["n_pairs"], "best_layer": res["best_layer"]}))  # noqa: T201
     else:
         from legibility.probes.checkpoints import CheckpointScoring, compare_figure, score_checkpoints
 
         torch.set_num_threads(1)
-        out = Path(args.out)
-        runs = {}
-        for run_dir in args.runs:
-            name = Path(run_dir).resolve().name
-            runs[name] = score_checkpoints(
-                run_dir,
-                out / name,
-                CheckpointScoring(
-                    suppressability=not args.no_suppressability,
-                    score_facts=args.score_facts,
-                    every=args.every,
-                ),
+        out = check_writable(args.out)
+        check_files(out, ("results.json", "checkpoints.png"))
+        names = [Path(r).resolve().name for r in args.runs]
+        if len(set(names)) < len(names):
+            raise LegibilityError(
+                f"two training runs share a folder name ({', '.join(names)}); their results would share "
+                "one subfolder of --out: rename one"
             )
-        compare_figure(runs, out / "checkpoints.png")
-        (out / "results.json").write_text(json.dumps({"kind": "checkpoints", "runs": runs}, indent=2))
+        with run_lock(out):
+            runs = {}
+            for run_dir, name in zip(args.runs, names, strict=True):
+                runs[name] = score_checkpoints(
+                    run_dir,
+                    out / name,
+                    CheckpointScoring(
+                        suppressability=not args.no_suppressability,
+                        score_facts=args.score_facts,
+                        every=args.every,
+                    ),
+                )
+            compare_figure(runs, out / "checkpoints.png")
+            atomic_write_json(out / "results.json", {"kind": "checkpoints", "runs": runs})
     page = write_probe_report(args.out)
     print(f"results in {args.out}; report {page}")  # noqa: T201
     return 0

@@ -6,9 +6,8 @@ refused), ``features/`` (cached activations, safetensors per site and layer), ``
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ import numpy as np
 import torch
 
 from legibility.errors import LegibilityError
-from legibility.facts.pararel import load_pararel
+from legibility.facts.pararel import load_pararel, pararel_files
 from legibility.metrics.stats import Estimate
+from legibility.models.identity import digest_files, identity, identity_of, model_ref, sha256_file
 from legibility.models.loading import LoadedModel, load_model
 from legibility.probes import causal
 from legibility.probes.activations import cached_features, extract
@@ -42,34 +42,63 @@ from legibility.probes.truth import (
     top1_hits,
     usable_pairs,
 )
-from legibility.store import check_settings
+from legibility.store import check_files, check_settings, check_writable, clean_temp, run_lock
 
 
-def file_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def model_key(
+    name: str, lm: LoadedModel | None = None, device: str | None = None, dtype: str = "float32"
+) -> tuple[dict, LoadedModel | None]:
+    """What keys the model of a probe run: its resolved name and the content digests of its weights, config
+    and tokenizer (:mod:`legibility.models.identity`), from ``lm`` when given, else from its files; a model
+    whose files are not here before loading (a hub id) is loaded and returned."""
+    found = identity(lm) if lm is not None else identity_of(name)
+    if found is None:
+        lm = _load(name, device, dtype)
+        found = identity(lm)
+    return {"model": model_ref(name), **found}, lm
 
 
-def model_key(name: str) -> str:
-    """The model name, plus a content hash of its weight files when it is a local directory."""
-    p = Path(name)
-    if p.is_dir():
-        files = sorted(p.glob("*.safetensors")) + sorted(p.glob("config.json"))
-        return name + ":" + hashlib.sha256("".join(file_hash(f) for f in files).encode()).hexdigest()[:16]
-    return name
+def data_key(cfg_source: str, relations: Sequence[str]) -> dict:
+    """The content digest of the data a probe run reads: the JSONL file, or the PARAREL files of its
+    relations (a changed file is a changed run)."""
+    if cfg_source != "pararel":
+        if not Path(cfg_source).is_file():
+            what = "is a folder" if Path(cfg_source).is_dir() else "no such file"
+            raise LegibilityError(
+                f"--data {cfg_source}: {what}; give 'pararel' or a JSONL file of {{text, label}} lines"
+            )
+        return {"source_hash": sha256_file(cfg_source)}
+    root, files = pararel_files(None, list(relations))
+    return {"pararel_sha256": digest_files(files, root)}
+
+
+def check_lengths(lm: LoadedModel, texts: Sequence[str], what: str, fix: str) -> None:
+    """Refuse texts longer than the model's context before any of them is run (one line, naming one)."""
+    from legibility.run import context_length
+
+    limit = context_length(lm)
+    if limit is None:
+        return
+    for i, t in enumerate(texts):
+        if len(t) <= limit:  # a token is at least one character: no need to tokenize
+            continue
+        n = len(lm.encode(t[: 8 * limit]))  # enough characters to tell, without tokenizing a megabyte
+        if n > limit:
+            name = f"{what} {i + 1}" if len(texts) > 1 else what
+            more = "more than " if len(t) > 8 * limit else ""
+            raise LegibilityError(
+                f"{name} is {more}{n} tokens long, more than the model's context of {limit}; {fix}"
+            )
 
 
 def _est(e: Estimate) -> dict:
     return e.to_dict()
 
 
-def _load(model: str | LoadedModel) -> LoadedModel:
+def _load(model: str | LoadedModel, device: str | None = None, dtype: str = "float32") -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
-    lm = load_model(model)
+    lm = load_model(model, device=device, dtype=dtype)
     if lm.kind != "causal" and not lm.add_special_tokens:
         lm.add_special_tokens = True
     return lm
@@ -90,6 +119,7 @@ class ConceptConfig:
     position: str = "last"  # "last" token or last "subject" token
     sites: tuple[str, ...] = ("resid", "ffn")
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    dtype: str = "float32"  # the model's dtype (keyed: another dtype reads other activations)
 
 
 def concept_examples(cfg: ConceptConfig) -> list[Example]:
@@ -99,20 +129,32 @@ def concept_examples(cfg: ConceptConfig) -> list[Example]:
     return load_jsonl_examples(cfg.source)
 
 
-def run_concept(cfg: ConceptConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> dict:
-    """Probe every layer and site; writes run.json, features/, results.json, accuracy.png."""
-    out = Path(out_dir)
-    settings = {"kind": "concept", **asdict(cfg), "model": model_key(cfg.model)}
-    if cfg.source != "pararel":
-        settings["source_hash"] = file_hash(cfg.source)
-    check_settings(out, json.loads(json.dumps(settings)))
+def run_concept(
+    cfg: ConceptConfig, out_dir: str | Path, lm: LoadedModel | None = None, device: str | None = None
+) -> dict:
+    """Probe every layer and site; writes run.json, features/, results.json, accuracy.png. The folder is
+    held with :func:`legibility.store.run_lock` while it runs; ``device`` is where ``cfg.model`` is loaded
+    (not keyed)."""
+    out = check_writable(out_dir)
+    check_files(out, ("run.json", "results.json", "accuracy.png"))
+    model, lm = model_key(cfg.model, lm, device, cfg.dtype)
+    settings = {"kind": "concept", **asdict(cfg), **model, **data_key(cfg.source, cfg.relations)}
+    with run_lock(out):
+        clean_temp(out, "features")
+        check_settings(out, json.loads(json.dumps(settings)))
+        return _run_concept(cfg, out, lm, device)
+
+
+def _run_concept(cfg: ConceptConfig, out: Path, lm: LoadedModel | None, device: str | None) -> dict:
     examples = concept_examples(cfg)
     if not examples:
         raise LegibilityError("no labelled examples to probe (check --relations / --facts / the JSONL file)")
     labels, names = encode_labels(examples)
     if len(names) < 2:
         raise LegibilityError("probing needs at least two labels with enough examples")
-    lm = lm or _load(cfg.model)
+    check_folds([e.group for e in examples], labels, names, cfg.probe.folds)
+    lm = lm or _load(cfg.model, device, cfg.dtype)
+    check_lengths(lm, [e.text for e in examples], "text", "shorten the texts of the --data file")
     feats = cached_features(
         lm,
         out / "features",
@@ -165,25 +207,73 @@ class TruthConfig:
     steer_random: int = 3  # random directions of the same norm
     shots: int = 4  # statements in the few-shot lying / truthful contexts
     judge_examples: int = 4  # labelled statements of the True/False framing
+    dtype: str = "float32"  # the model's dtype (keyed)
+
+
+def check_folds(groups: Sequence[str], labels: Sequence[int], names: Sequence[str], folds: int) -> None:
+    """Cross-validation by group needs at least ``folds`` groups (an error otherwise); a label seen in one
+    group only can never be learned from the other folds (a warning: its accuracy is meaningless)."""
+    n_groups = len(set(groups))
+    if folds < 2:
+        raise LegibilityError(f"--folds must be >= 2 for cross-validation, got {folds}")
+    if n_groups < folds:
+        raise LegibilityError(
+            f"{n_groups} group(s) of examples cannot be split into {folds} folds (a group never straddles "
+            "two); give more examples or groups, or fewer --folds"
+        )
+    per_label: dict[int, set[str]] = {}
+    for g, y in zip(groups, labels, strict=True):
+        per_label.setdefault(y, set()).add(g)
+    alone = [names[y] for y, gs in sorted(per_label.items()) if len(gs) < 2]
+    if alone:
+        warnings.warn(
+            f"label(s) {', '.join(map(repr, alone[:5]))} occur in one group only: held out, they are never "
+            "seen in training, so the accuracies say little; give each label at least two groups",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _pair_rows(statements: Sequence, facts: set[str]) -> np.ndarray:
     return np.array([s.fact in facts for s in statements])
 
 
-def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> dict:
-    """The whole truth study; writes run.json, features/, results.json and three figures."""
-    out = Path(out_dir)
-    check_settings(
-        out, json.loads(json.dumps({"kind": "truth", **asdict(cfg), "model": model_key(cfg.model)}))
-    )
+def run_truth(
+    cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = None, device: str | None = None
+) -> dict:
+    """The whole truth study; writes run.json, features/, results.json and three figures. The folder is
+    held with :func:`legibility.store.run_lock` while it runs."""
+    out = check_writable(out_dir)
+    check_files(out, ("run.json", "results.json", "truth.png", "lying.png"))
     unknown = set(cfg.held_out) - set(cfg.relations)
     if unknown or set(cfg.held_out) == set(cfg.relations):
         raise LegibilityError("--held-out must name some, not all, of the --relations")
-    lm = lm or _load(cfg.model)
+    model, lm = model_key(cfg.model, lm, device, cfg.dtype)
+    settings = {"kind": "truth", **asdict(cfg), **model, **data_key("pararel", cfg.relations)}
+    with run_lock(out):
+        clean_temp(out, "features")
+        check_settings(out, json.loads(json.dumps(settings)))
+        return _run_truth(cfg, out, lm, device)
+
+
+def _run_truth(cfg: TruthConfig, out: Path, lm: LoadedModel | None, device: str | None) -> dict:
+    lm = lm or _load(cfg.model, device, cfg.dtype)
     s = cfg.truth
     facts = load_pararel(relations=list(cfg.relations), limit=cfg.facts, seed=s.seed)
     statements = usable_pairs(lm, truth_statements(facts, cfg.templates, s.seed))
+    if not statements:
+        raise LegibilityError(
+            "no usable true/false statement pairs (the model must tell the objects apart by their first "
+            "token); try other --relations or more --facts"
+        )
+    # the longest prompt: a few-shot context of the longest statements plus the statement itself
+    longest = max(statements, key=lambda st: len(st.text)).text
+    check_lengths(
+        lm,
+        ["\n".join([longest] * (max(cfg.shots, cfg.judge_examples) + 1))],
+        "a few-shot prompt of the longest statements",
+        "lower --shots",
+    )
     own, other = first_tokens(lm, statements)
     margins = model_margins(lm, [st.prefix for st in statements], own, other).numpy()
     if cfg.known_only:  # the model prefers the true object for this pair

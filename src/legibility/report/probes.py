@@ -98,8 +98,15 @@ def write_probe_report(run_dir: str | Path) -> Path:
     path = run / "results.json"
     if not path.exists():
         raise LegibilityError(f"{run} has no results.json; run `legibility probe ... --out {run}` first")
-    res = json.loads(path.read_text())
-    body = {"concept": _concept, "truth": _truth, "checkpoints": _checkpoints}[res["kind"]](res, run)
+    kinds = {"concept": _concept, "truth": _truth, "checkpoints": _checkpoints}
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+        draw = kinds[res["kind"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LegibilityError(
+            f"{path} is damaged or not a probe run's results; rerun its probe command"
+        ) from None
+    body = draw(res, run)
     title = f"legibility probes: {res['kind']}"
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"

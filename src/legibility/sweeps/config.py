@@ -38,6 +38,7 @@ DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
 EXECUTOR_NAMES = ("local", "ray")
 # variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
 VARIANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_TRIALS = 100_000  # trials of one sweep (each is a training run)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class SweepConfig:
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise LegibilityError(f"override key {key!r}: give a dotted key of the run config, e.g. train.lr")
     parts = key.split(".")
     node = cfg
     for p in parts[:-1]:
@@ -90,9 +93,21 @@ def _sample(spec: Any, key: str, rng: random.Random) -> Any:
             f"random.space.{key}: give one of {sorted(DISTRIBUTIONS)}, e.g. {{uniform: [0, 1]}}"
         )
     ((kind, args),) = spec.items()
+    where = f"random.space.{key}.{kind}"
     if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise LegibilityError(f"{where}: give a non-empty list of values, e.g. {{choice: [0.1, 0.2]}}")
         return rng.choice(list(args))
+    if (
+        not isinstance(args, list)
+        or len(args) != 2
+        or not all(isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a) for a in args)
+        or args[0] > args[1]
+    ):
+        raise LegibilityError(f"{where}: give two finite numbers [low, high] with low <= high, got {args!r}")
     lo, hi = args
+    if kind == "log_uniform" and lo <= 0:
+        raise LegibilityError(f"{where}: the bounds of a log-uniform range must be > 0, got {args!r}")
     if kind == "uniform":
         return rng.uniform(lo, hi)
     if kind == "int_uniform":
@@ -126,8 +141,9 @@ def _id_form(resolved: dict) -> dict:
 
 def trial_id(variant: str, resolved: dict, seed: int) -> str:
     """``<variant>-<hash>-s<seed>``; the hash covers the full resolved trial config (base, overrides, seed,
-    score settings, defaults filled in), so changing any of them gives a new trial instead of a stale row.
-    Renamed fields are hashed under their old names (``ID_NAMES``): renaming changes no result."""
+    score settings, defaults filled in, and the content digests of the data files it reads), so changing any
+    of them gives a new trial instead of a stale row. Renamed fields are hashed under their old names
+    (``ID_NAMES``): renaming changes no result."""
     text = json.dumps(_id_form(resolved), sort_keys=True, default=str)
     return f"{variant}-{hashlib.sha256(text.encode()).hexdigest()[:12]}-s{seed}"
 
@@ -165,8 +181,10 @@ def _check_score(score: Any) -> dict:
     from legibility.training.experiment import ScoreConfig
 
     sc = from_dict(ScoreConfig, score, "score")
-    check_range("score.facts", sc.facts, 1, None)
-    check_range("score.ig_steps", sc.ig_steps, 1, None)
+    from legibility.run import MAX_STEPS
+
+    check_range("score.facts", sc.facts, 1, 1_000_000, True, True)
+    check_range("score.ig_steps", sc.ig_steps, 1, MAX_STEPS, True, True)
     check_range("score.threshold", sc.threshold, 0.0, 1.0, False, False)
     check_range("score.share", sc.share, 0.0, 1.0, False, True)
     return dataclasses.asdict(sc)
@@ -174,6 +192,7 @@ def _check_score(score: Any) -> dict:
 
 def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
     """Validate a sweep mapping; every trial's run config is validated now, not when it starts."""
+    from legibility.training.corpus import data_digests
     from legibility.training.run_config import parse_run_config, read_yaml
 
     if not isinstance(data, dict):
@@ -197,10 +216,11 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
     if kind not in KINDS:
         raise LegibilityError(f"sweep kind {kind!r} is not allowed; choose one of {', '.join(KINDS)}")
     parse: Any = parse_run_config
+    digest_inputs: Any = lambda run_cfg: data_digests(run_cfg.data)  # noqa: E731
     if kind == "finetune":
-        from legibility.training.finetune import parse_finetune_config
+        from legibility.training.finetune import input_digests, parse_finetune_config
 
-        parse = parse_finetune_config
+        parse, digest_inputs = parse_finetune_config, input_digests
     score = _check_score(data.get("score") or {})
     executor = _check_executor(data.get("executor") or {})
     points: list[dict] = [{}]
@@ -211,15 +231,27 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
         points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     elif data.get("random"):
         spec = data["random"]
-        n, space = spec.get("n"), spec.get("space")
-        if not isinstance(n, int) or n < 1 or not isinstance(space, dict):
-            raise LegibilityError("'random' needs n (>= 1) and space (dotted key -> distribution)")
-        rng = random.Random(spec.get("seed", 0))
+        n, space = (spec.get("n"), spec.get("space")) if isinstance(spec, dict) else (None, None)
+        if not isinstance(n, int) or not 1 <= n <= MAX_TRIALS or not isinstance(space, dict):
+            raise LegibilityError(
+                f"'random' needs n (1 to {MAX_TRIALS}) and space (dotted key -> distribution)"
+            )
+        seed = spec.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise LegibilityError(f"random.seed = {seed!r} is not allowed; give an integer")
+        rng = random.Random(seed)
         points = [{k: _sample(v, k, rng) for k, v in space.items()} for _ in range(n)]
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise LegibilityError("'seeds' must be a non-empty list of integers")
+    n_trials = len(variants) * len(points) * len(seeds)
+    if n_trials > MAX_TRIALS:
+        raise LegibilityError(
+            f"the sweep has {n_trials} trials (variants x grid points x seeds), more than {MAX_TRIALS}; "
+            "split it into several sweeps"
+        )
     trials = []
+    digests: dict[str, dict[str, str]] = {}  # data section -> the content digests of its files
     for (vname, vover), point, seed in itertools.product(variants.items(), points, seeds):
         overrides = {**vover, **point}
         cfg = copy.deepcopy(base)
@@ -227,10 +259,19 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
             set_dotted(cfg, k, v)
         set_dotted(cfg, "train.seed", seed)
         try:
-            resolved = dataclasses.asdict(parse(copy.deepcopy(cfg)))
+            run_cfg = parse(copy.deepcopy(cfg))
+            resolved = dataclasses.asdict(run_cfg)
+            reads = ("data",) if kind == "train" else ("model", "facts", "text")
+            data_key = json.dumps({k: resolved[k] for k in reads}, sort_keys=True, default=str)
+            if data_key not in digests:
+                digests[data_key] = digest_inputs(run_cfg)
         except LegibilityError as e:
             raise LegibilityError(f"variant {vname!r} with {overrides}: {e}") from e
-        hashed = {"run": resolved, "score": score, **({"kind": kind} if kind != "train" else {})}
+        # the content of the files the data reads (text folder, PARAREL; a finetune's base weights too) is part
+        # of the trial: a rewritten text file gives new trials, not the old ones back (synthetic data alone
+        # adds nothing, so the ids of such sweeps are unchanged)
+        inputs = {"inputs": digests[data_key]} if digests[data_key] else {}
+        hashed = {"run": resolved, "score": score, **inputs, **({"kind": kind} if kind != "train" else {})}
         tid = trial_id(vname, hashed, seed)
         trials.append(Trial(tid, vname, seed, overrides, cfg, kind))
     return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor, kind)

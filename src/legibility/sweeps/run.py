@@ -5,8 +5,9 @@ Executors live in one registry: ``local`` (in this process, or a pool of ``worke
 running when the sweep was killed (the trainer resumes from its last checkpoint) and, unless asked, leaves
 failed trials failed with their error recorded.
 
-A trial's id hashes its full resolved config (base, overrides, seed, score settings), so editing the sweep's
-``base`` or ``score`` starts new trials. The device (``executor.device``, ``--device``) is an execution
+A trial's id hashes its full resolved config (base, overrides, seed, score settings) and the content of the
+data files it reads (text folder, PARAREL), so editing the sweep's ``base`` or ``score``, or its data, starts
+new trials. The sweep folder is held with :func:`legibility.store.run_lock` while the sweep runs. The device (``executor.device``, ``--device``) is an execution
 setting like ``workers``: it is not in the id, so a sweep may continue on another device; each trial's
 ``train`` record says where it trained (``device``). Rows of the same sweep name that the current config no longer
 produces are kept but marked ``stale:<status>`` (the report and the counts leave them out); going back to
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from legibility.errors import LegibilityError
 from legibility.registry import Registry
+from legibility.store import check_writable, run_lock
 from legibility.sweeps.config import ExecutorConfig, SweepConfig, Trial
 from legibility.sweeps.results import ResultsStore
 
@@ -171,13 +173,25 @@ def run_sweep(
     cfg: SweepConfig, out_dir: str | Path, retry_failed: bool = False, progress: bool = True
 ) -> dict:
     """Run the trials not finished yet; returns counts by status."""
-    out = Path(out_dir)
+    out = check_writable(out_dir)
     executor = EXECUTORS[cfg.executor.name]
     if cfg.executor.name == "local" and cfg.executor.device is not None:
         from legibility.devices import resolve_device
 
         resolve_device(cfg.executor.device)  # an unavailable device fails here, not once per trial
     dirs = {t.id: trial_dir(out, t) for t in cfg.trials}  # before anything is written
+    with run_lock(out):
+        return _run_locked(cfg, out, executor, dirs, retry_failed, progress)
+
+
+def _run_locked(
+    cfg: SweepConfig,
+    out: Path,
+    executor: Executor,
+    dirs: dict[str, Path],
+    retry_failed: bool,
+    progress: bool,
+) -> dict:
     with ResultsStore(out / "results.duckdb") as store:
         for t in cfg.trials:
             store.add_pending(cfg.name, t)

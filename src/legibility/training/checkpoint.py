@@ -24,7 +24,6 @@ resume falls back to the newest intact one (the trainer keeps ``train.keep_check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -35,17 +34,15 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from legibility.models.identity import sha256_file
+
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)  # never the cached digest: this checks the bytes on disk
 
 
 def _fsync_dir(path: Path) -> None:

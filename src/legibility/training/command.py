@@ -10,6 +10,7 @@ import argparse
 import json
 
 from legibility.devices import device_name
+from legibility.store import check_writable
 from legibility.training.run_config import load_run_config
 from legibility.training.trainer import train
 
@@ -87,6 +88,7 @@ def run_finetune_command(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the config, train (or resume), print the final metrics as JSON; returns the exit code."""
+    check_writable(args.out)
     cfg = load_run_config(args.config)
     final = train(cfg, args.out, progress=not args.quiet, device=args.device)
     print(json.dumps(final, indent=2))

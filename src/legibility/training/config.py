@@ -227,31 +227,32 @@ def _keys(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
 
-# (dotted key, low, high, low included, high included); None: unbounded on that side
+# (dotted key, low, high, low included, high included); None: unbounded on that side. Numbers that size
+# memory have an upper bound, so a typo (an extra zero or three) is refused before anything is allocated.
 RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
-    ("model.n_layers", 1, None, True, False),
-    ("model.d_model", 1, None, True, False),
-    ("model.d_ffn", 1, None, True, False),
-    ("model.n_heads", 1, None, True, False),
+    ("model.n_layers", 1, 256, True, True),
+    ("model.d_model", 1, 16384, True, True),
+    ("model.d_ffn", 1, 65536, True, True),
+    ("model.n_heads", 1, 256, True, True),
     ("model.builtin_dropout", 0.0, 1.0, True, False),
-    ("model.context", 2, None, True, False),
-    ("data.n_sentences", 1, None, True, False),
+    ("model.context", 2, 32768, True, True),
+    ("data.n_sentences", 1, 50_000_000, True, True),
     ("data.val_fraction", 0.0, 0.5, False, False),
-    ("data.tokenizer.vocab_size", 8, None, True, False),
+    ("data.tokenizer.vocab_size", 8, 1_000_000, True, True),
     ("data.tokenizer.min_frequency", 1, None, True, False),
-    ("data.world.n_subjects", 1, None, True, False),
-    ("data.world.n_relations", 1, None, True, False),
-    ("data.world.n_objects", 1, None, True, False),
+    ("data.world.n_subjects", 1, 1_000_000, True, True),
+    ("data.world.n_relations", 1, 10_000, True, True),
+    ("data.world.n_objects", 1, 1_000_000, True, True),
     ("data.world.held_out_templates", 0, None, True, False),
     ("data.world.zipf", 0.0, None, True, False),
-    ("data.world.syllables", 1, None, True, False),
-    ("data.pararel.limit", 1, None, True, False),
+    ("data.world.syllables", 1, 64, True, True),
+    ("data.pararel.limit", 1, 1_000_000, True, True),
     ("data.pararel.held_out_templates", 0, None, True, False),
     ("data.text.share", 0.0, 1.0, False, True),
     ("data.text.val_lines", 0.0, 0.5, True, True),
     ("data.fact_split.held_out", 0.0, 1.0, False, False),
-    ("train.steps", 1, None, True, False),
-    ("train.batch_size", 1, None, True, False),
+    ("train.steps", 1, 100_000_000, True, True),
+    ("train.batch_size", 1, 65536, True, True),
     ("train.seq_len", 2, None, True, False),
     ("train.lr", 0.0, None, False, False),
     ("train.min_lr_ratio", 0.0, 1.0, True, True),
@@ -260,9 +261,9 @@ RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("train.grad_clip", 0.0, None, True, False),
     ("train.log_every", 1, None, True, False),
     ("train.eval_every", 1, None, True, False),
-    ("train.eval_batches", 1, None, True, False),
+    ("train.eval_batches", 1, 100_000, True, True),
     ("train.checkpoint_every", 1, None, True, False),
-    ("train.keep_checkpoints", 1, None, True, False),
+    ("train.keep_checkpoints", 1, 10_000, True, True),
 ]
 
 
@@ -299,6 +300,10 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node
 
 
+MAX_PARAMS = 2e9  # parameters of a trained model's blocks
+MAX_ACTIVATIONS = 4e9  # FFN and residual activations kept for the backward pass of one step
+
+
 def check_run(cfg: RunConfig) -> None:
     """Range checks of every numeric field and cross-field checks that single fields cannot express."""
     for key, lo, hi, lo_in, hi_in in RANGES:
@@ -306,6 +311,20 @@ def check_run(cfg: RunConfig) -> None:
         if value is not None:  # an absent optional section (data.pararel: null)
             check_range(key, value, lo, hi, lo_in, hi_in)
     m, t = cfg.model, cfg.train
+    params = m.n_layers * (4 * m.d_model**2 + (3 if m.family == "llama" else 2) * m.d_model * m.d_ffn)
+    if params > MAX_PARAMS:
+        raise LegibilityError(
+            f"model: {m.n_layers} layers of d_model {m.d_model} and d_ffn {m.d_ffn} are about {params / 1e9:.1f}B "
+            f"parameters in the blocks alone; the training lab builds small models (at most {MAX_PARAMS / 1e9:g}B): "
+            "lower model.n_layers, model.d_model or model.d_ffn"
+        )
+    activations = t.batch_size * t.seq_len * (m.d_ffn + 4 * m.d_model) * m.n_layers
+    if activations > MAX_ACTIVATIONS:
+        raise LegibilityError(
+            f"train.batch_size {t.batch_size} x train.seq_len {t.seq_len} needs about {activations / 1e9:.0f}G "
+            f"activation values per step at this model size (at most {MAX_ACTIVATIONS / 1e9:g}G); lower "
+            "train.batch_size or train.seq_len"
+        )
     if m.d_model % m.n_heads:
         raise LegibilityError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     if t.seq_len > m.context:

@@ -83,7 +83,7 @@ class Corpus:
 
 def _val_batches(ids: Tensor, n: int, batch_size: int, seq_len: int, fix: str, what: str) -> list[Tensor]:
     stride = seq_len + 1
-    starts = torch.arange(0, ids.numel() - stride + 1, stride, device=ids.device)
+    starts = torch.arange(0, max(ids.numel() - stride + 1, 0), stride, device=ids.device)
     if starts.numel() == 0:
         raise LegibilityError(f"the {what} split ({ids.numel()} tokens) is shorter than one sequence; {fix}")
     return [
@@ -174,6 +174,26 @@ def _text_lines(src: TextSource) -> list[str]:
     if not lines:
         raise LegibilityError(f"data.text.dir: no non-empty lines in {root}/**/*.txt")
     return lines
+
+
+def data_digests(cfg: DataConfig) -> dict[str, str]:
+    """The sha256 of the content of every file ``cfg`` reads, by source (``data.text.sha256``: the text
+    folder's *.txt files with their relative names; ``data.pararel.sha256``: the PARAREL files of its
+    relations); {} for synthetic data alone, which the config itself determines. With the config, this keys
+    a training run and a sweep trial: a rewritten text file is new data, not a reason to reuse a model."""
+    from legibility.facts.pararel import pararel_files
+    from legibility.models.identity import digest_files
+
+    out = {}
+    if cfg.text is not None:
+        root = Path(cfg.text.dir)
+        if not root.is_dir():
+            raise LegibilityError(f"data.text.dir: {root} is not a folder; give a folder of UTF-8 .txt files")
+        out["data.text.sha256"] = digest_files([p for p in root.rglob("*.txt") if p.is_file()], root)
+    if cfg.pararel is not None:
+        root, files = pararel_files(cfg.pararel.data_dir, list(cfg.pararel.relations))
+        out["data.pararel.sha256"] = digest_files(files, root)
+    return out
 
 
 def build_corpus(cfg: DataConfig, tokenizer=None) -> Corpus:

@@ -29,11 +29,12 @@ from legibility.attribution import AttributionConfig
 from legibility.devices import device_name
 from legibility.facts.types import Fact
 from legibility.metrics.effects import EffectConfig
-from legibility.metrics.spec import default_metrics
+from legibility.metrics.independent import default_metrics
 from legibility.metrics.table import TRAINED_FACTS, info, names
 from legibility.models.loading import load_model
 from legibility.neurons import NeuronConfig
 from legibility.run import KnownConfig, RunSettings, run
+from legibility.store import run_lock
 from legibility.training.config import RunConfig
 from legibility.training.corpus import build_corpus, split_facts
 from legibility.training.run_config import load_run_config
@@ -156,9 +157,18 @@ def run_experiment(
     device: str | None = None,
 ) -> list[dict]:
     """Train and score every (variant, seed) not finished yet on ``device`` (default ``"auto"``); returns
-    one record per run, also written to ``<out>/results.jsonl``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    one record per run, also written to ``<out>/results.jsonl``. The folder is locked while it runs."""
+    with run_lock(out_dir) as lock:
+        return _run_experiment(configs, seeds, lock.parent, score, device)
+
+
+def _run_experiment(
+    configs: dict[str, RunConfig],
+    seeds: Sequence[int],
+    out: Path,
+    score: ScoreConfig | None,
+    device: str | None,
+) -> list[dict]:
     records = []
     for seed in seeds:
         for name, base in configs.items():

@@ -223,17 +223,37 @@ def _stream(lm: LoadedModel, lines: list[str]) -> Tensor:
     return torch.tensor([t for row in ids for t in (*row, eos)], dtype=torch.long)
 
 
+def input_digests(cfg: FinetuneConfig) -> dict:
+    """The content a finetune reads besides its config: the base model's content digests (weights, config,
+    tokenizer; its name for a hub id not in the cache), the PARAREL files' and the text files' sha256. Keys the run (``inputs.json``; the trainer refuses
+    a folder whose run read other content) and a sweep's trial ids."""
+    from legibility.models.identity import identity_of
+    from legibility.run import FactSource, load_inputs
+
+    f = cfg.facts
+    pararel = load_inputs(
+        FactSource(relations=tuple(f.relations + f.held_out_relations), data_dir=f.data_dir)
+    )
+    return {
+        "model": identity_of(cfg.model) or {"name": cfg.model},  # weights, config, tokenizer digests
+        "pararel": pararel.hashes,
+        "text": {str(p): _sha256(p) for p in _text_files(cfg.text.train, "text.train")},
+        "held_out_text": {str(p): _sha256(p) for p in _text_files(cfg.text.held_out, "text.held_out")},
+    }
+
+
 def known_facts(cfg: FinetuneConfig, lm: LoadedModel, cache: Path, progress: bool) -> tuple[list[Fact], dict]:
-    """The facts the original model knows (cached in ``cache`` under a key of the model's weights, the
-    PARAREL files and the fact settings), with the content hashes that key them."""
+    """The facts the original model knows (cached in ``cache`` under a key of the model's content digests,
+    the PARAREL files and the fact settings), with the key."""
+    from legibility.models.identity import identity
     from legibility.neurons import NeuronConfig
     from legibility.pipeline import select_known
-    from legibility.run import FactSource, KnownConfig, load_inputs, weights_digest
+    from legibility.run import FactSource, KnownConfig, load_inputs
 
     f = cfg.facts
     inputs = load_inputs(FactSource(relations=tuple(f.relations + f.held_out_relations), data_dir=f.data_dir))
     key = {
-        "weights_sha256": weights_digest(lm),
+        "model": identity(lm),
         "pararel": inputs.hashes,
         "relations": f.relations + f.held_out_relations,
         "per_relation": f.per_relation,
@@ -315,32 +335,14 @@ class Finetuner(Trainer):
         cfg: FinetuneConfig = self.cfg
         check_model_name(cfg.model)
         lm = load_model(cfg.model, device=self.device)
-        facts, key = known_facts(cfg, lm, self.cache, self.progress)
+        facts, _ = known_facts(cfg, lm, self.cache, self.progress)
         self.data = build_fact_data(cfg, facts)
         built = corpus or finetune_corpus(cfg, lm, self.data)
-        self._check_inputs(key)
         configure_updates(lm.model, cfg.update, cfg.layers, cfg.lora_rank, seed=cfg.train.seed)
         return built, lm
 
-    def _check_inputs(self, fact_key: dict) -> None:
-        """Key the run by the content of what it reads (base weights, text files, PARAREL files)."""
-        cfg: FinetuneConfig = self.cfg
-        inputs = {
-            "weights_sha256": fact_key["weights_sha256"],
-            "pararel": fact_key["pararel"],
-            "text": {str(p): _sha256(p) for p in _text_files(cfg.text.train, "text.train")},
-            "held_out_text": {str(p): _sha256(p) for p in _text_files(cfg.text.held_out, "text.held_out")},
-        }
-        path = self.out / "inputs.json"
-        if path.is_file():
-            old = json.loads(path.read_text())
-            diff = sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
-            if diff:
-                raise LegibilityError(
-                    f"{self.out} holds a run on other inputs ({', '.join(diff)} changed); use a new --out folder"
-                )
-        else:
-            path.write_text(json.dumps(inputs, indent=1))
+    def _input_digests(self) -> dict:
+        return input_digests(self.cfg)
 
     def _eval_queries(self, eval_facts: int) -> dict[str, list]:
         from legibility.facts.render import render
@@ -441,11 +443,27 @@ def run_finetune(
     """Finetune (or resume), measure the cost, score every fact group; returns ``{"train": final metrics
     with the cost, "metrics": scorecards by group, "known_facts...": n}``, also in ``<out>/result.json``.
     ``score`` is a :class:`legibility.training.experiment.ScoreConfig` (default: its defaults)."""
+    from legibility.store import clean_temp, run_lock
+
+    out = Path(out_dir)
+    check_finetune(config)
+    with run_lock(out) as lock:  # a second finetune into the folder is refused, not interleaved
+        clean_temp(lock.parent, "checkpoints")
+        return _run_locked(config, out, score, device, progress, cache_dir)
+
+
+def _run_locked(
+    config: FinetuneConfig,
+    out: Path,
+    score: Any,
+    device: str | None,
+    progress: bool,
+    cache_dir: str | Path | None,
+) -> dict:
     import time
 
     from legibility.training.experiment import ScoreConfig, score_dir, score_model
 
-    out = Path(out_dir)
     result_path = out / "result.json"
     t0 = time.perf_counter()
     trainer = Finetuner(config, out, progress=progress, device=device, cache_dir=cache_dir)

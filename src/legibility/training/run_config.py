@@ -45,8 +45,14 @@ def read_yaml(path: str | os.PathLike, what: str = "config file", examples: str 
         raise LegibilityError(f"{what} {p} does not exist; see {examples} for examples")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise LegibilityError(
+            f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); give a YAML file"
+        ) from e
     except yaml.YAMLError as e:
-        raise LegibilityError(f"{p} is not valid YAML: {e}") from e
+        raise LegibilityError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from e
+    except OSError as e:
+        raise LegibilityError(f"cannot read {what} {p}: {e.strerror}") from e
     return data or {}
 
 

@@ -3,6 +3,7 @@
 A run lives in one output folder::
 
     config.json      the resolved RunConfig (a resumed run must have the same one)
+    inputs.json      the content digests of the data files read (text folder, PARAREL; the same, too)
     tokenizer/       the tokenizer trained on the corpus (reused on resume)
     metrics.jsonl    one JSON line per log step / evaluation
     checkpoints/     atomic checkpoints (see legibility.training.checkpoint)
@@ -45,15 +46,17 @@ from legibility.forward import predict
 from legibility.metrics.table import TRAINED_FACTS
 from legibility.models.loading import LoadedModel
 from legibility.models.sites import Sites
+from legibility.store import clean_temp, make_dir, run_lock
 from legibility.training.checkpoint import (
     CorruptCheckpoint,
+    checkpoints,
     intact_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from legibility.training.config import RunConfig, check_run
-from legibility.training.corpus import Corpus, build_corpus
+from legibility.training.corpus import Corpus, build_corpus, data_digests
 from legibility.training.model import build_model
 from legibility.training.regularizers import Setup, StepContext, build_regularizers, recording
 from legibility.training.run_config import upgrade_resolved
@@ -97,10 +100,11 @@ class Trainer:
         self.device = resolve_device(device)  # first: an unavailable device fails before any work
         self.devices = [str(self.device)]  # every device the run has used, in order (resumes may change it)
         self.cfg: Any = config
-        self.out = Path(out_dir)
+        self.out = make_dir(out_dir)
         self.progress = progress
-        self.out.mkdir(parents=True, exist_ok=True)
         self._check_config()
+        self.inputs = self._input_digests()
+        self._check_inputs()
         torch.manual_seed(config.train.seed)
         random.seed(config.train.seed)
         self.corpus, self.lm = self._build(corpus)
@@ -133,6 +137,10 @@ class Trainer:
 
     def _validate(self, config: Any) -> None:
         check_run(config)
+
+    def _input_digests(self) -> dict:
+        """Content digests of what the run reads besides its config (``inputs.json``)."""
+        return data_digests(self.cfg.data)
 
     def _build(self, corpus: Corpus | None) -> tuple[Corpus, LoadedModel]:
         """The corpus and the freshly initialized model on ``self.device``, wrapped for the library."""
@@ -184,8 +192,37 @@ class Trainer:
                 "the same config to resume it"
             )
 
+    def _check_inputs(self) -> None:
+        """Refuse a folder holding a run trained on other data: the same config over a rewritten text
+        folder or other PARAREL files is another run (``inputs.json`` holds the content digests)."""
+        path = self.out / "inputs.json"
+        if not path.exists():
+            if self.inputs and (self.out / "config.json").exists():
+                raise LegibilityError(
+                    f"{self.out} holds a run made before legibility recorded the content of its data (no "
+                    "inputs.json), so whether its text or PARAREL files changed since cannot be told; use a "
+                    "new --out folder, or delete this one to train it again"
+                )
+            return
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
+        if old != self.inputs:
+            diff = config_diff(old, self.inputs)
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff)
+            raise LegibilityError(
+                f"{self.out} holds a run trained on other data ({shown}); use a new --out folder, or "
+                "restore the data to resume it"
+            )
+
     def _write_config(self) -> None:
         """Written once setup succeeded, so a config that fails to start never locks the folder."""
+        inputs = self.out / "inputs.json"
+        if not inputs.exists():
+            tmp = inputs.with_name(".inputs.json.tmp")
+            tmp.write_text(json.dumps(self.inputs, indent=2), encoding="utf-8")
+            os.replace(tmp, inputs)
         path = self.out / "config.json"
         if not path.exists():
             tmp = path.with_name(".config.json.tmp")
@@ -209,9 +246,11 @@ class Trainer:
                 warnings.warn(f"skipping a damaged checkpoint: {e}", RuntimeWarning, stacklevel=3)
                 bad.append(str(e))
                 continue
-            if ckpt != latest_checkpoint(root) or bad:
+            newer = [p.name for p in checkpoints(root) if p.name > ckpt.name]
+            if newer:  # a damaged older one costs nothing: its warning above says so
                 warnings.warn(
-                    f"resuming from {ckpt}, the newest intact checkpoint (newer ones are damaged)",
+                    f"resuming from {ckpt}, the newest intact checkpoint (the newer {', '.join(newer)} "
+                    f"{'is' if len(newer) == 1 else 'are'} damaged)",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -434,11 +473,18 @@ def repair_metrics(path: Path, step: int) -> None:
 
 
 def _load_tokenizer(path: Path):
+    """The run's saved tokenizer, built the way :func:`train_tokenizer` builds a fresh one, so that a resumed
+    run exports the same tokenizer files, byte for byte, as an uninterrupted one (``from_pretrained`` would
+    add loading details such as ``is_local`` to tokenizer_config.json, which changes the model's identity)."""
     if not (path / "tokenizer.json").exists():
         return None
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    from legibility.training.corpus import EOS, PAD, UNK
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, eos_token=EOS)
 
 
 def train(
@@ -449,5 +495,11 @@ def train(
     device: str | torch.device | None = None,
 ) -> dict:
     """Train (or resume) a run on ``device`` (default ``"auto"``: CUDA when available); returns the final
-    metrics with the device used. The model is in ``<out_dir>/model``."""
-    return Trainer(config, out_dir, progress, device=device).fit(callbacks)
+    metrics with the device used. The model is in ``<out_dir>/model``.
+
+    The folder is held with :func:`legibility.store.run_lock` for the whole run (a second ``train`` into it
+    is refused, not interleaved), and the temporary files a killed run left there are deleted first."""
+    check_run(config)
+    with run_lock(out_dir) as lock:
+        clean_temp(lock.parent, "checkpoints")
+        return Trainer(config, out_dir, progress, device=device).fit(callbacks)
