@@ -353,7 +353,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command in ("neurons", "score"):
             return run_job(args, score=args.command == "score")
-        if args.command == "train":
+        if args.command in ("train", "finetune"):
             return args.run(args)
         if args.command in ("probe", "probe-truth", "probe-checkpoints"):
             from legibility.probes import command as probe_command

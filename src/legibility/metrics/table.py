@@ -89,7 +89,14 @@ def register_metric(
     if unknown:
         raise ValueError(f"unknown view(s) {sorted(unknown)} of metric {name!r}; views are {VIEWS}")
     info = MetricInfo(
-        label, direction, " ".join(definition.split()), frozenset(views), source, compute, per_relation
+        label,
+        direction,
+        " ".join(definition.split()),
+        frozenset(views),
+        source,
+        compute,
+        per_relation,
+        fact_groups,
     )
     return METRICS.register(name)(info)
 
@@ -146,6 +153,35 @@ register_metric(
     views=("summary", "column"),
     source="train",
     fact_groups=False,
+)
+register_metric(
+    "cost_nats",
+    label="cost (nats)",
+    direction="none",
+    definition="""Finetune: mean next-token NLL (nats/token) of the tuned model on held-out text minus the
+    original model's on the same tokens.""",
+    views=("summary", "column"),
+    source="train",
+    fact_groups=False,
+)
+register_metric(
+    "kl",
+    label="KL(orig || tuned)",
+    direction="none",
+    definition="""Finetune: KL divergence of the tuned model's next-token distribution from the original
+    model's, KL(original || tuned), in nats per token of held-out text.""",
+    views=("summary", "column"),
+    source="train",
+    fact_groups=False,
+)
+register_metric(
+    "facts_lost",
+    label="facts lost",
+    direction="none",
+    definition="""Finetune: share of the held-out facts (all known by the original model: top-1 on at least
+    half of their usable prompts) that the tuned model no longer knows by the same criterion.""",
+    views=("summary", "column"),
+    source="train",
 )
 register_metric(
     "probe.relation",

@@ -166,3 +166,41 @@ def agreement_figure(rows: Sequence[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+# (train key, axis label) of the costs a finetune records (legibility.training.finetune)
+COSTS = (
+    ("cost_nats", "held-out text NLL change (nats/token)"),
+    ("kl", "KL(original || tuned) on held-out text (nats/token)"),
+    ("facts_lost", "share of held-out known facts lost"),
+)
+
+
+def has_costs(rows: Sequence[dict]) -> bool:
+    """Whether the trials are finetunes that recorded their cost."""
+    return any("cost_nats" in (r.get("train") or {}) for r in rows)
+
+
+def cost_figure(rows: Sequence[dict], path: str | Path, y_key: str = "specific_suppressability") -> Path:
+    """Finetune frontier: ``y_key`` (held-out facts) against each cost, one point per trial, labelled."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(5.2 * len(COSTS), 4.4))
+    variants = sorted({r["variant"] for r in rows})
+    palette = list(plt.matplotlib.colors.TABLEAU_COLORS.values())
+    colors = {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+    for ax, (x_key, x_label) in zip(axes, COSTS, strict=True):
+        for r in rows:
+            m = trial_metrics(r)
+            if x_key in m and y_key in m:
+                ax.scatter(m[x_key], m[y_key], color=colors[r["variant"]], s=36)
+                ax.annotate(
+                    r["variant"], (m[x_key], m[y_key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(f"{y_key} (held-out facts)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Finetune frontier: interpretability on held-out facts against cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -13,7 +13,14 @@ import numpy as np
 
 from legibility.errors import LegibilityError
 from legibility.metrics.table import label, names
-from legibility.report.frontier import agreement_figure, by_variant, frontier_figure, trial_metrics
+from legibility.report.frontier import (
+    agreement_figure,
+    by_variant,
+    cost_figure,
+    frontier_figure,
+    has_costs,
+    trial_metrics,
+)
 
 if TYPE_CHECKING:
     from legibility.report.study import StudyPlan
@@ -205,6 +212,14 @@ def write_report(
             "Agreement between interpretability metrics across trials",
         ),
     ]
+    if has_costs(done):
+        figures.insert(
+            0,
+            (
+                cost_figure(done, out / "finetune_frontier.png"),
+                "Finetune frontier: specific suppressability on held-out facts against its cost",
+            ),
+        )
     study = None
     variants = sorted({r["variant"] for r in done})
     if baseline is not None and baseline not in variants:

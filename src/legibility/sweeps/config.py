@@ -31,7 +31,9 @@ from typing import Any
 
 from legibility.errors import LegibilityError
 
-KEYS = {"name", "base", "variants", "grid", "random", "seeds", "score", "executor"}
+KEYS = {"name", "kind", "base", "variants", "grid", "random", "seeds", "score", "executor"}
+# what a trial does: train a small model from scratch, or finetune a pretrained one (legibility finetune)
+KINDS = ("train", "finetune")
 DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
 EXECUTOR_NAMES = ("local", "ray")
 # variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
@@ -48,6 +50,7 @@ class Trial:
     seed: int
     overrides: dict[str, Any]  # dotted key -> value, applied to the base run config
     run_config: dict  # the base config with overrides and seed applied (validated)
+    kind: str = "train"  # "train" (a RunConfig) or "finetune" (a FinetuneConfig)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class SweepConfig:
     trials: list[Trial]
     score: dict = field(default_factory=dict)  # legibility.training.experiment.ScoreConfig fields
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    kind: str = "train"  # every trial's kind
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
@@ -208,6 +212,15 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
         raise LegibilityError("'variants' maps a name to a mapping of dotted-key overrides")
     for vname in variants:
         check_variant_name(vname)
+    kind = data.get("kind", "train")
+    if kind not in KINDS:
+        raise LegibilityError(f"sweep kind {kind!r} is not allowed; choose one of {', '.join(KINDS)}")
+    parse: Any = parse_run_config
+    digest_inputs: Any = lambda run_cfg: data_digests(run_cfg.data)  # noqa: E731
+    if kind == "finetune":
+        from legibility.training.finetune import input_digests, parse_finetune_config
+
+        parse, digest_inputs = parse_finetune_config, input_digests
     score = _check_score(data.get("score") or {})
     executor = _check_executor(data.get("executor") or {})
     points: list[dict] = [{}]
@@ -246,20 +259,22 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
             set_dotted(cfg, k, v)
         set_dotted(cfg, "train.seed", seed)
         try:
-            run_cfg = parse_run_config(copy.deepcopy(cfg))
+            run_cfg = parse(copy.deepcopy(cfg))
             resolved = dataclasses.asdict(run_cfg)
-            data_key = json.dumps(resolved["data"], sort_keys=True, default=str)
+            reads = ("data",) if kind == "train" else ("model", "facts", "text")
+            data_key = json.dumps({k: resolved[k] for k in reads}, sort_keys=True, default=str)
             if data_key not in digests:
-                digests[data_key] = data_digests(run_cfg.data)
+                digests[data_key] = digest_inputs(run_cfg)
         except LegibilityError as e:
             raise LegibilityError(f"variant {vname!r} with {overrides}: {e}") from e
-        # the content of the files the data reads (text folder, PARAREL) is part of the trial: a rewritten
-        # text file gives new trials, not the old ones back (synthetic data alone adds nothing, so the ids
-        # of such sweeps are unchanged)
+        # the content of the files the data reads (text folder, PARAREL; a finetune's base weights too) is part
+        # of the trial: a rewritten text file gives new trials, not the old ones back (synthetic data alone
+        # adds nothing, so the ids of such sweeps are unchanged)
         inputs = {"inputs": digests[data_key]} if digests[data_key] else {}
-        tid = trial_id(vname, {"run": resolved, "score": score, **inputs}, seed)
-        trials.append(Trial(tid, vname, seed, overrides, cfg))
-    return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor)
+        hashed = {"run": resolved, "score": score, **inputs, **({"kind": kind} if kind != "train" else {})}
+        tid = trial_id(vname, hashed, seed)
+        trials.append(Trial(tid, vname, seed, overrides, cfg, kind))
+    return SweepConfig(str(data.get("name", "sweep")), base, trials, score, executor, kind)
 
 
 def load_sweep(path: str | os.PathLike) -> SweepConfig:

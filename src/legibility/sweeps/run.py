@@ -33,14 +33,20 @@ from legibility.sweeps.config import ExecutorConfig, SweepConfig, Trial
 from legibility.sweeps.results import ResultsStore
 
 
-def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None = None) -> dict:
+def run_trial(
+    run_config: dict, trial_dir: str, score: dict, device: str | None = None, kind: str = "train"
+) -> dict:
     """Train and score one trial on ``device`` (default ``"auto"``; runs in a worker: arguments and
     result are plain data). Held-out facts and objective facts are scored apart
     (:func:`legibility.training.experiment.score_groups`): bare metric names are held-out facts, names
-    ending in ``.trained_facts`` the facts the objectives trained on."""
+    ending in ``.trained_facts`` the facts the objectives trained on. ``kind="finetune"``: the trial is a
+    :func:`legibility.training.finetune.run_finetune` (its known-fact cache shared by the sweep's trials)."""
     from legibility.training.experiment import ScoreConfig, score_groups
     from legibility.training.run_config import parse_run_config
     from legibility.training.trainer import train
+
+    if kind == "finetune":
+        return _finetune_trial(run_config, Path(trial_dir), ScoreConfig(**score), device)
 
     cfg = parse_run_config(run_config)
     out = Path(trial_dir)
@@ -57,6 +63,21 @@ def run_trial(run_config: dict, trial_dir: str, score: dict, device: str | None 
         "known_facts": scored["known_facts"],
         "train_s": t1 - t0,
         "score_s": t2 - t1,
+    }
+
+
+def _finetune_trial(run_config: dict, out: Path, score, device: str | None) -> dict:
+    from legibility.training.finetune import parse_finetune_config, run_finetune
+
+    t0 = time.perf_counter()
+    cfg = parse_finetune_config(run_config)
+    result = run_finetune(cfg, out, score, device, progress=False, cache_dir=out.parent.parent / "cache")
+    return {
+        "train": result["train"],
+        "metrics": result["metrics"],
+        "known_facts": result.get("known_facts"),
+        "train_s": result.get("seconds", {}).get("train", time.perf_counter() - t0),
+        "score_s": result.get("seconds", {}).get("score"),
     }
 
 
@@ -82,7 +103,7 @@ def local_executor(
         for trial, trial_dir, score in jobs:
             start(trial)
             try:
-                result = run_trial(trial.run_config, trial_dir, score, cfg.device)
+                result = run_trial(trial.run_config, trial_dir, score, cfg.device, trial.kind)
             except Exception as e:  # a failing trial is recorded; the others go on
                 fail(trial, _error(e))
             else:
@@ -97,7 +118,9 @@ def local_executor(
         futures = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            futures[pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device)] = trial
+            futures[pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device, trial.kind)] = (
+                trial
+            )
         for fut in cf.as_completed(futures):
             trial = futures[fut]
             try:
@@ -126,7 +149,7 @@ def ray_executor(
         pending = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            pending[remote.remote(trial.run_config, trial_dir, score, device)] = trial
+            pending[remote.remote(trial.run_config, trial_dir, score, device, trial.kind)] = trial
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             trial = pending.pop(ready[0])

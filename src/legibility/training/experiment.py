@@ -85,12 +85,16 @@ def score_model(
     out_dir: str | Path,
     cfg: ScoreConfig,
     device: str | None = None,
+    special_tokens: bool | None = False,
 ) -> dict:
     """The scorecard metrics of a saved model on ``facts``: a :func:`legibility.run.run` into out_dir, keyed
     by the score settings, the facts and the model's weights (a rerun resumes; changed inputs recompute).
-    ``device`` (default ``"auto"``) is where the model is loaded, in float32."""
+    ``device`` (default ``"auto"``) is where the model is loaded, in float32. ``special_tokens``: whether
+    prompts get the tokenizer's special tokens (False: the lab's word-level tokenizers have none; None: as
+    :func:`legibility.load_model` decides for the architecture, e.g. for a finetuned pretrained model)."""
     lm = load_model(str(model_dir), device=device)
-    lm.add_special_tokens = False  # the trained word-level tokenizer has no special tokens to add
+    if special_tokens is not None:
+        lm.add_special_tokens = special_tokens
     n_rel = len({f.relation for f in facts})
     settings = RunSettings(
         model=str(model_dir),

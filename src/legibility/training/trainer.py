@@ -73,9 +73,10 @@ def lr_at(step: int, cfg) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW over the trainable parameters; weight decay on matrices only (not on biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
 
@@ -85,7 +86,7 @@ class Trainer:
 
     def __init__(
         self,
-        config: RunConfig,
+        config: RunConfig | Any,  # a RunConfig, or a subclass's config with .train and .regularizers
         out_dir: str | Path,
         progress: bool = True,
         eval_facts: int = 200,
@@ -95,42 +96,32 @@ class Trainer:
         """``eval_facts``: facts of each group (held-out, objective) sampled for fact accuracy; ``corpus``: reuse one built from the same
         ``config.data`` (benchmarks build it once for many trainers); ``device``: ``"auto"`` (the default:
         CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, not part of the config."""
-        check_run(config)
+        self._validate(config)
         self.device = resolve_device(device)  # first: an unavailable device fails before any work
         self.devices = [str(self.device)]  # every device the run has used, in order (resumes may change it)
-        self.cfg = config
+        self.cfg: Any = config
         self.out = make_dir(out_dir)
         self.progress = progress
         self._check_config()
-        self.inputs = data_digests(config.data)
+        self.inputs = self._input_digests()
         self._check_inputs()
-        tok_dir = self.out / "tokenizer"
         torch.manual_seed(config.train.seed)
         random.seed(config.train.seed)
-        self.corpus: Corpus = corpus or build_corpus(config.data, _load_tokenizer(tok_dir))
-        if not tok_dir.exists():
-            self.corpus.tokenizer.save_pretrained(tok_dir)  # type: ignore[attr-defined]
-        tok: Any = self.corpus.tokenizer
-        with torch.device("cpu"):  # initialized on the host: the same weights whatever the device
-            model = build_model(
-                config.model,
-                self.corpus.vocab_size,
-                tok.pad_token_id,
-                tok.eos_token_id,
-                config.train.seed,
-            )
-        self.model = model.to(self.device)
-        self.sites = Sites.detect(self.model)
-        self.lm = LoadedModel(self.model, tok, self.sites, str(self.out), add_special_tokens=False)
+        self.corpus, self.lm = self._build(corpus)
+        self.model: Any = self.lm.model
+        self.sites = self.lm.sites
         self.optimizer = make_optimizer(self.model, config.train)
-        setup = Setup(self.model, self.sites, tok, self.corpus, config.train.seed, config.train.steps)
+        setup = Setup(
+            self.model,
+            self.sites,
+            self.lm.tokenizer,
+            self.corpus,
+            config.train.seed,
+            config.train.steps,
+            self.lm.add_special_tokens,
+        )
         self.regularizers = build_regularizers(config.regularizers, setup)
-        # metric suffix -> held-out-template queries of up to eval_facts facts of that group
-        self.eval_queries: dict[str, list] = {}
-        for suffix, facts in zip(("", TRAINED_FACTS), self.corpus.eval_split(), strict=True):
-            rng = random.Random(f"eval|{config.train.seed}{suffix}")
-            chosen = rng.sample(facts, min(eval_facts, len(facts)))
-            self.eval_queries[suffix] = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
+        self.eval_queries = self._eval_queries(eval_facts)
         self.val = self.corpus.val_batches(
             config.train.eval_batches, config.train.batch_size, config.train.seq_len
         )
@@ -141,6 +132,43 @@ class Trainer:
         self.step = 0
         self.last: dict = {}
         self._write_config()
+
+    # ---------------------------------------------------------------- what subclasses change
+
+    def _validate(self, config: Any) -> None:
+        check_run(config)
+
+    def _input_digests(self) -> dict:
+        """Content digests of what the run reads besides its config (``inputs.json``)."""
+        return data_digests(self.cfg.data)
+
+    def _build(self, corpus: Corpus | None) -> tuple[Corpus, LoadedModel]:
+        """The corpus and the freshly initialized model on ``self.device``, wrapped for the library."""
+        config = self.cfg
+        tok_dir = self.out / "tokenizer"
+        built = corpus or build_corpus(config.data, _load_tokenizer(tok_dir))
+        if not tok_dir.exists():
+            built.tokenizer.save_pretrained(tok_dir)  # type: ignore[attr-defined]
+        tok: Any = built.tokenizer
+        with torch.device("cpu"):  # initialized on the host: the same weights whatever the device
+            model = build_model(
+                config.model,
+                built.vocab_size,
+                tok.pad_token_id,
+                tok.eos_token_id,
+                config.train.seed,
+            )
+        model = model.to(self.device)
+        return built, LoadedModel(model, tok, Sites.detect(model), str(self.out), add_special_tokens=False)
+
+    def _eval_queries(self, eval_facts: int) -> dict[str, list]:
+        """Metric suffix -> held-out-template queries of up to ``eval_facts`` facts of that group."""
+        out: dict[str, list] = {}
+        for suffix, facts in zip(("", TRAINED_FACTS), self.corpus.eval_split(), strict=True):
+            rng = random.Random(f"eval|{self.cfg.train.seed}{suffix}")
+            chosen = rng.sample(facts, min(eval_facts, len(facts)))
+            out[suffix] = [pq.queries[0] for f in chosen for pq in render(self.lm, f).prompts]
+        return out
 
     # ---------------------------------------------------------------- bookkeeping
 

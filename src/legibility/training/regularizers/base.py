@@ -55,6 +55,7 @@ class Setup:
     corpus: Any = None  # a legibility.training.corpus.Corpus (facts for the suppressability objective)
     seed: int = 0
     total_steps: int = 1
+    add_special_tokens: bool = False  # how the model's prompts are encoded (the fact objectives render facts)
 
 
 @dataclass

@@ -215,7 +215,9 @@ def fact_queries(setup: Setup, name: str) -> tuple[LoadedModel, list[tuple[str, 
             f"the {name} regularizer has no objective facts: data.fact_split holds out every fact; lower "
             "data.fact_split.held_out or give relations with two or more facts"
         )
-    lm = LoadedModel(setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=False)
+    lm = LoadedModel(
+        setup.model, setup.tokenizer, setup.sites, "training", add_special_tokens=setup.add_special_tokens
+    )
     queries = [(f.relation, f.id, pq.queries[0]) for f in facts for pq in render(lm, f).prompts]
     if not queries:
         raise LegibilityError(
