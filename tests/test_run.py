@@ -250,11 +250,11 @@ def test_a_plugged_in_executor_runs_the_stages_and_records_come_back_in_fact_ord
 
     calls = []
 
-    def reversed_executor(factory, todo, record, model, lm, cfg, key):  # as a parallel executor may
-        calls.append(len(todo))
-        compute = factory(lm)
-        for r in reversed(list(todo)):
-            record(compute(r))
+    def reversed_executor(setup, items, callbacks, cfg):  # as a parallel executor may
+        calls.append(len(items))
+        work = setup(cfg.device)
+        for item in reversed(list(items)):
+            callbacks.done(item, work(item))
 
     if "reversed-test" not in EXECUTORS:
         EXECUTORS.register("reversed-test")(reversed_executor)

@@ -60,7 +60,7 @@ def test_map_facts_refuses_bad_input(tmp_path):
         map_facts(
             square_factory, [Item("a", 1)], store, shard=ShardConfig("ray"), lm=object(), progress=False
         )  # type: ignore[arg-type]
-    with pytest.raises(LegibilityError, match="unknown fact executor 'dask'"):
+    with pytest.raises(LegibilityError, match="unknown executor 'dask'"):
         map_facts(
             square_factory, [Item("a", 1)], store, shard=ShardConfig("dask"), lm=object(), progress=False
         )  # type: ignore[arg-type]
@@ -70,8 +70,7 @@ def test_shard_config_from_flags(tmp_path):
     assert shard_config(None, None) == ShardConfig()
     assert shard_config("local", 2) == ShardConfig("ray", None, 2)
     assert shard_config("auto", None) == ShardConfig("ray", "auto", None)
-    with pytest.raises(LegibilityError, match="--workers needs --ray-address"):
-        shard_config(None, 4)
+    assert shard_config(None, 4) == ShardConfig("local", workers=4)  # without Ray: local processes
     with pytest.raises(LegibilityError, match=">= 1"):
         shard_config("local", 0)
     (tmp_path / "m").mkdir()
@@ -211,3 +210,19 @@ def test_ray_known_scan_equals_the_local_scan(ray_runtime, tiny_dir, tmp_path, o
     )
     assert local.kept and [r.fact.id for r in sharded.kept] == [r.fact.id for r in local.kept]
     assert sharded.report == local.report
+
+
+@pytest.mark.slow  # two spawned processes import torch and load the model (~20 s)
+def test_local_worker_processes_equal_the_in_process_run(tiny_dir, tmp_path, one_thread, monkeypatch):
+    """The local executor with workers=2 (no Ray): each process loads the model from its spec, and the
+    records equal an in-process run's, in fact order."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(TESTS)]))
+    spec = ModelSpec(str(tiny_dir))
+    lm = spec.load()
+    kept = [render(lm, f) for f in tiny_facts()]
+    acfg = AttributionConfig(steps=4)
+    local = find_neurons(lm, kept, tmp_path / "one", "ig", acfg, progress=False)
+    pooled = find_neurons(
+        lm, kept, tmp_path / "two", "ig", acfg, progress=False, model=spec, shard=ShardConfig(workers=2)
+    )
+    assert pooled == local

@@ -123,7 +123,8 @@ def _fact_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=number(int, 1, MAX_WORKERS),
         default=None,
-        help="Ray workers (default: one per GPU, else per CPU)",
+        help="with --ray-address: Ray workers (default: one per GPU, else per CPU); without: processes on this "
+        "machine, each loading the model (default: this process)",
     )
     add_device_args(p)
 
@@ -170,7 +171,10 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "--out", required=True, help="sweep directory; rerunning with the same one skips finished trials"
     )
     p.add_argument(
-        "--workers", type=number(int, 1, MAX_WORKERS), default=None, help="local executor: parallel processes"
+        "--workers",
+        type=number(int, 1, MAX_WORKERS),
+        default=None,
+        help="parallel trials: local processes, or Ray workers with --ray-address",
     )
     p.add_argument("--ray-address", default=None, help="run on Ray ('auto', 'ray://host:10001', or 'local')")
     p.add_argument(
@@ -285,18 +289,13 @@ def run_job(args: argparse.Namespace, score: bool) -> int:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from legibility.sweeps import load_sweep, run_sweep
 
     cfg = load_sweep(args.config)
-    if args.ray_address:
-        address = None if args.ray_address == "local" else args.ray_address
-        cfg.executor = dataclasses.replace(cfg.executor, name="ray", address=address)
-    if args.workers:
-        cfg.executor = dataclasses.replace(cfg.executor, workers=args.workers)
-    if args.device:
-        cfg.executor = dataclasses.replace(cfg.executor, device=args.device)
+    from legibility.sharding import executor_config
+
+    cfg.executor = executor_config(args.ray_address, args.workers, args.device, base=cfg.executor)
     counts = run_sweep(cfg, args.out, retry_failed=args.retry_failed, progress=not args.no_progress)
     print(f"sweep {cfg.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     print(f"results in {args.out}/results.duckdb; `legibility report {args.out}` draws the frontier")

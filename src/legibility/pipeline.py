@@ -170,7 +170,7 @@ def select_known(
         if store is None:
             store = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "known.jsonl"
         answers = JsonlStore(store, required=("known",))
-        if shard is not None and shard.executor == "ray":  # one runtime for every round
+        if shard is not None and shard.name == "ray":  # one runtime for every round
             stack.enter_context(ray_runtime(shard.address))
         # Rounds: each relation still short of its limit contributes its next chunk of candidates (all of
         # them without a limit), and the model checks the round's facts in one map.

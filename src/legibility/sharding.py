@@ -1,26 +1,32 @@
-"""Whole-dataset runs spread over workers: one fact at a time, records appended by the driver as they return.
+"""Executors: one registry that runs the facts of a whole-dataset run and the trials of a sweep.
 
-:func:`map_facts` computes one record per fact with a *compute factory* (a picklable callable that, given a
-loaded model, returns ``compute(fact) -> record``) and appends every record to a resumable
-:class:`~legibility.store.JsonlStore` as soon as it exists, so a run killed at any point and started again
-continues where it stopped. Executors live in one registry:
+An executor runs a list of *tasks* on workers. A worker calls the task's ``setup(device)`` once (loading a
+model, say) and gets back the function it then applies to one item at a time; results come back to the
+driver one by one, through callbacks, as soon as they exist. Executors live in :data:`EXECUTORS`:
 
-* ``local``: in this process, with the model already loaded or loaded from the :class:`ModelSpec`.
-* ``ray``: on a Ray cluster (``address``) or a local Ray runtime (``address=None``). Each worker is a Ray
-  actor that loads the model itself from the :class:`ModelSpec` (one worker per GPU when the cluster has
-  GPUs, else ``workers`` CPU workers), then takes facts one at a time. Only the driver writes the store. A
-  worker that dies mid-fact (preempted node, out of memory, killed) is replaced and its fact given to the
-  next free worker, so nothing is lost or written twice; records depend only on the fact (seeds are per
-  fact), so the result equals a local run's.
+* ``local``: in this process (``workers`` None or 1), or a pool of ``workers`` processes, each with its share
+  of the cores.
+* ``ray``: on a Ray cluster (``address``) or a local Ray runtime (``address=None``): one actor per worker
+  (one per GPU when the cluster has GPUs, else ``workers`` or one per CPU), each running ``setup`` once. A
+  worker that dies mid-item (preempted node, out of memory, killed) is replaced and its item given to the
+  next free worker, at most ``max_retries`` times.
+
+:func:`map_facts` runs the runner's stages with them: one record per fact, appended by the driver to a
+resumable :class:`~legibility.store.JsonlStore` as it arrives, so a run killed at any point and started again
+continues where it stopped; records depend only on the fact (seeds are per fact), so every executor gives
+the same result. Sweeps (:mod:`legibility.sweeps.run`) run their trials with the same executors.
 
 >>> records = map_facts(NeuronStage(...), kept, JsonlStore(out / "neurons.jsonl"),  # doctest: +SKIP
-...                     model=ModelSpec("smollm2-135m"), shard=ShardConfig("ray", workers=8))
+...                     model=ModelSpec("smollm2-135m"), shard=ExecutorConfig("ray", workers=8))
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 import contextlib
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +68,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class ShardConfig:
-    """Where facts are computed."""
+class ExecutorConfig:
+    """Where tasks (facts, trials) are computed."""
 
-    executor: str = "local"  # "local" (this process) or "ray"
-    address: str | None = None  # Ray: 'auto', 'ray://host:10001', ...; None starts a local Ray runtime
-    workers: int | None = None  # Ray: number of workers (None: one per GPU, else one per CPU of the cluster)
-    max_retries: int = 3  # Ray: times one fact is handed to a fresh worker after its worker died
+    name: str = "local"  # a registered executor: "local" or "ray"
+    address: str | None = None  # ray: 'auto', 'ray://host:10001', ...; None starts a local Ray runtime
+    # local: processes (None or 1: this process); ray: workers (None: one per GPU, else one per CPU)
+    workers: int | None = None
+    device: str | None = None  # where workers load models (None: auto); an execution setting, never keyed
+    max_retries: int = 3  # ray: times one item is handed to a fresh worker after its worker died
+
+
+ShardConfig = ExecutorConfig  # the name the runner's API has used
 
 
 def fact_key(item: Any) -> str:
@@ -76,20 +87,108 @@ def fact_key(item: Any) -> str:
     return str(item.fact.id if hasattr(item, "fact") else item.id)
 
 
-Record = Callable[[dict], None]
-Executor = Callable[
-    [
-        ComputeFactory,
-        Sequence[Any],
-        Record,
-        "ModelSpec | None",
-        "LoadedModel | None",
-        ShardConfig,
-        Callable[[Any], str],
-    ],
-    None,
-]
-EXECUTORS: Registry[Executor] = Registry("fact executor")
+Setup = Callable[[str | None], Callable[[Any], Any]]  # device -> work(item); must pickle beyond this process
+
+
+@dataclass
+class Callbacks:
+    """How an executor reports back to the driver (called in the driver's process)."""
+
+    done: Callable[[Any, Any], None]  # (item, result)
+    failed: Callable[[Any, BaseException], None]  # (item, error): record it, or raise to stop the run
+    started: Callable[[Any], None] = lambda item: None  # the item was handed to a worker
+    key: Callable[[Any], str] = str  # names an item in errors
+
+
+Executor = Callable[[Setup, Sequence[Any], Callbacks, ExecutorConfig], None]
+EXECUTORS: Registry[Executor] = Registry("executor")
+
+
+@EXECUTORS.register("local")
+def local_executor(setup: Setup, items: Sequence[Any], cb: Callbacks, cfg: ExecutorConfig) -> None:
+    if not cfg.workers or cfg.workers <= 1:
+        work = setup(cfg.device)
+        for item in items:
+            cb.started(item)
+            try:
+                result = work(item)
+            except Exception as e:  # the callback decides: record and go on, or stop
+                cb.failed(item, e)
+            else:
+                cb.done(item, result)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads and DuckDB
+    # each worker gets its share of the cores (torch's default, all cores per worker, oversubscribes them)
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    with cf.ProcessPoolExecutor(
+        max_workers=cfg.workers,
+        mp_context=ctx,
+        initializer=_start_worker,
+        initargs=(setup, cfg.device, threads),
+    ) as pool:
+        futures = {}
+        for item in items:
+            cb.started(item)
+            futures[pool.submit(_work, item)] = item
+        for fut in cf.as_completed(futures):
+            item = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as e:
+                cb.failed(item, e)
+            else:
+                cb.done(item, result)
+
+
+_WORK: list[Callable[[Any], Any]] = []  # a process-pool worker's work function (set once per process)
+
+
+def _start_worker(setup: Setup, device: str | None, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORK.append(setup(device))
+
+
+def _work(item: Any) -> Any:
+    return _WORK[0](item)
+
+
+class RayWorker:
+    """A Ray actor: runs the task's setup once (on its GPU when Ray gave it one), then one item per call."""
+
+    def __init__(self, setup: Setup, device: str | None):
+        import ray
+
+        self._work = setup("cuda" if ray.get_gpu_ids() else device)
+
+    def work(self, item: Any) -> Any:
+        return self._work(item)
+
+
+@EXECUTORS.register("ray")
+def ray_executor(setup: Setup, items: Sequence[Any], cb: Callbacks, cfg: ExecutorConfig) -> None:
+    with ray_runtime(cfg.address) as ray:
+        _run_ray_workers(ray, setup, items, cb, cfg)
+
+
+class ModelTask:
+    """The setup of a runner stage on a worker: the stage's function on the model. In this process that is
+    the model already loaded (when there is one); a copy sent to another process or machine leaves it behind
+    and loads the model from its spec."""
+
+    def __init__(self, factory: ComputeFactory, model: ModelSpec | None, lm: LoadedModel | None = None):
+        self.factory, self.model, self.lm = factory, model, lm
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "lm": None}  # a loaded model never travels
+
+    def __call__(self, device: str | None) -> Compute:
+        if self.lm is not None:
+            return self.factory(self.lm)
+        if self.model is None:
+            raise LegibilityError("this executor loads the model on its workers: pass model=ModelSpec(...)")
+        return self.factory(self.model.load(device))
 
 
 def map_facts(
@@ -110,11 +209,12 @@ def map_facts(
     with ``lm`` (or the model loaded from ``model``), each Ray worker with the model it loaded from ``model``.
     A progress bar over all workers shows facts done and the time left.
     """
-    cfg = shard or ShardConfig()
-    executor = EXECUTORS[cfg.executor]
-    if cfg.executor != "local" and model is None:
+    cfg = shard or ExecutorConfig()
+    executor = EXECUTORS[cfg.name]
+    in_process = cfg.name == "local" and (cfg.workers or 1) == 1
+    if not in_process and model is None:
         raise LegibilityError(
-            f"the {cfg.executor} executor loads the model on each worker: pass model=ModelSpec(...)"
+            f"the {cfg.name} executor loads the model on each worker: pass model=ModelSpec(...)"
         )
     if lm is None and model is None:
         raise LegibilityError("map_facts needs the loaded model (lm=...) or its spec (model=ModelSpec(...))")
@@ -133,57 +233,18 @@ def map_facts(
             store.append(rec)
             bar.update(1)
 
+        def failed(fact: Any, error: BaseException) -> None:
+            raise error  # a fact's own error stops the run, wherever it was computed
+
         if todo:
-            executor(factory, todo, record, model, lm, cfg, key)
+            task = ModelTask(factory, model, lm)
+            executor(task, todo, Callbacks(lambda f, rec: record(rec), failed, key=key), cfg)
     missing = [k for k in keys if k not in store]
     if missing:
         raise LegibilityError(
             f"{len(missing)} facts got no record (first: {missing[0]!r}); rerun to retry them"
         )
     return [store.records[k] for k in keys]
-
-
-@EXECUTORS.register("local")
-def local_executor(
-    factory: ComputeFactory,
-    facts: Sequence[Any],
-    record: Record,
-    model: ModelSpec | None,
-    lm: LoadedModel | None,
-    cfg: ShardConfig,
-    key: Callable[[Any], str],
-) -> None:
-    compute = factory(lm if lm is not None else model.load())  # type: ignore[union-attr]
-    for f in facts:
-        record(compute(f))
-
-
-class FactWorker:
-    """A Ray actor: loads the model once, then computes one fact per call."""
-
-    def __init__(self, model: ModelSpec, factory: ComputeFactory):
-        import ray
-        import torch
-
-        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
-        self._compute = factory(model.load(device))
-
-    def compute(self, fact: Any) -> dict:
-        return self._compute(fact)
-
-
-@EXECUTORS.register("ray")
-def ray_executor(
-    factory: ComputeFactory,
-    facts: Sequence[Any],
-    record: Record,
-    model: ModelSpec | None,
-    lm: LoadedModel | None,
-    cfg: ShardConfig,
-    key: Callable[[Any], str],
-) -> None:
-    with ray_runtime(cfg.address) as ray:
-        _run_fact_workers(ray, factory, facts, record, model, cfg, key)
 
 
 @contextlib.contextmanager
@@ -204,60 +265,55 @@ def ray_runtime(address: str | None) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _run_fact_workers(
-    ray: Any,
-    factory: ComputeFactory,
-    facts: Sequence[Any],
-    record: Record,
-    model: ModelSpec | None,
-    cfg: ShardConfig,
-    key: Callable[[Any], str],
+def _run_ray_workers(
+    ray: Any, setup: Setup, items: Sequence[Any], cb: Callbacks, cfg: ExecutorConfig
 ) -> None:
     from ray.exceptions import RayActorError, RayTaskError
 
     actors: list = []
     try:
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
+        gpus = int(resources.get("GPU", 0)) if (cfg.device or "cuda").startswith("cuda") else 0
         workers = cfg.workers or gpus or int(resources.get("CPU", 1))
         if workers < 1:
             raise LegibilityError("--workers must be >= 1")
         # A worker holds a whole model; on a GPU cluster each gets a GPU of its own.
-        worker_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=0)(FactWorker)
-        factory_ref = ray.put(factory)  # shipped once, not once per worker (the effect stage carries facts)
-        queue = collections.deque(facts)
+        worker_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=0)(RayWorker)
+        setup_ref = ray.put(setup)  # shipped once, not once per worker (a stage carries its facts)
+        queue = collections.deque(items)
         tries: collections.Counter[str] = collections.Counter()
-        pending: dict = {}  # object ref -> (actor, fact)
+        pending: dict = {}  # object ref -> (actor, item)
 
         def submit(actor) -> None:
-            fact = queue.popleft()
-            pending[actor.compute.remote(fact)] = (actor, fact)
+            item = queue.popleft()
+            cb.started(item)
+            pending[actor.work.remote(item)] = (actor, item)
 
         # More workers than the cluster can place wait for a free CPU/GPU; idle workers are released below.
-        for _ in range(min(workers, len(facts))):
-            actors.append(worker_cls.remote(model, factory_ref))
+        for _ in range(min(workers, len(items))):
+            actors.append(worker_cls.remote(setup_ref, cfg.device))
             submit(actors[-1])
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            actor, fact = pending.pop(ready[0])
+            actor, item = pending.pop(ready[0])
             try:
-                rec = ray.get(ready[0])
-            except RayTaskError as e:  # the compute's own error: stop, as a local run would
-                raise (getattr(e, "cause", None) or e) from None
-            except RayActorError as e:  # the worker died: its fact goes to a fresh worker
-                k = key(fact)
+                result = ray.get(ready[0])
+            except RayTaskError as e:  # the task's own error: the callback records it or stops the run
+                cb.failed(item, getattr(e, "cause", None) or e)
+            except RayActorError as e:  # the worker died: its item goes to a fresh worker
+                k = cb.key(item)
                 tries[k] += 1
                 if tries[k] > cfg.max_retries:
                     raise LegibilityError(
-                        f"fact {k!r}: its worker died {tries[k]} times ({str(e).splitlines()[0]}); "
+                        f"{k!r}: its worker died {tries[k]} times ({str(e).splitlines()[0]}); "
                         "rerun the same command to resume"
                     ) from e
-                queue.appendleft(fact)
+                queue.appendleft(item)
                 actors.remove(actor)
-                actor = worker_cls.remote(model, factory_ref)
+                actor = worker_cls.remote(setup_ref, cfg.device)
                 actors.append(actor)
             else:
-                record(rec)
+                cb.done(item, result)
             if queue:
                 submit(actor)
             else:  # nothing left for it: free its CPU/GPU for workers still waiting to be scheduled
@@ -268,13 +324,27 @@ def _run_fact_workers(
             ray.kill(a)
 
 
-def shard_config(ray_address: str | None, workers: int | None) -> ShardConfig:
-    """The ShardConfig of the command-line flags ``--ray-address`` ('local': a Ray runtime on this machine)
-    and ``--workers``."""
+def executor_config(
+    ray_address: str | None,
+    workers: int | None,
+    device: str | None = None,
+    base: ExecutorConfig | None = None,
+) -> ExecutorConfig:
+    """The executor of the command-line flags, over ``base`` (a sweep's own): ``--ray-address`` ('local': a
+    Ray runtime on this machine; else the cluster's address) and ``--workers`` (Ray workers, or without
+    Ray local processes), ``--device``."""
+    import dataclasses
+
     if workers is not None and workers < 1:
         raise LegibilityError("--workers must be >= 1")
-    if ray_address is None:
-        if workers is not None:
-            raise LegibilityError("--workers needs --ray-address (use --ray-address local for this machine)")
-        return ShardConfig()
-    return ShardConfig("ray", None if ray_address == "local" else ray_address, workers)
+    cfg = base or ExecutorConfig()
+    if ray_address is not None:
+        cfg = dataclasses.replace(cfg, name="ray", address=None if ray_address == "local" else ray_address)
+    if workers is not None:
+        cfg = dataclasses.replace(cfg, workers=workers)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
+    return cfg
+
+
+shard_config = executor_config  # the name the runner's CLI has used

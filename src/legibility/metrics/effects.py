@@ -103,7 +103,7 @@ def control_tier(fact: Fact, other: Fact) -> str | None:
 
 
 class EffectRunner:
-    """Measures :meth:`fact_effects` for many facts, caching the unmodified p of control facts.
+    """Measures :meth:`fact_effects` for many facts (each fact's record depends on that fact alone).
 
     ``where``: the positions the neurons are intervened on, "answer" (paper protocol) or "all" (neurons
     located at another position; the attribution method's registry entry says which)."""
@@ -123,7 +123,6 @@ class EffectRunner:
         self.seed = seed
         self.where = where
         self.pool = list(pool)
-        self._baseline: dict[str, float] = {}
 
     def _controls(self, fact: RenderedFact) -> dict[str, list[RenderedFact]]:
         rng = random.Random(f"{self.seed}|{fact.fact.id}")
@@ -153,12 +152,6 @@ class EffectRunner:
             i += len(g)
         return out
 
-    def _baselines(self, groups: dict[str, Sequence[PromptQueries]]) -> dict[str, float]:
-        """Unmodified mean p of each keyed group, computed once per key for the whole run."""
-        todo = [k for k in groups if k not in self._baseline]
-        self._baseline.update(zip(todo, self._means([groups[k] for k in todo], None), strict=True))
-        return {k: self._baseline[k] for k in groups}
-
     def _intervention(self, neurons: Sequence[Neuron], op: Op) -> Intervention:
         return Intervention(group_by_layer(list(neurons)), op, where=self.where)  # type: ignore[arg-type]
 
@@ -179,13 +172,15 @@ class EffectRunner:
         controls = [
             (tier, r, self._control_prompts(r)) for tier, rs in self._controls(fact).items() for r in rs
         ]
-        before = self._baselines(
-            {
-                f"{fid}|heldout": heldout,
-                **({f"{fid}|selection": selection} if in_sample else {}),
-                **{f"{r.fact.id}|control": prompts for _, r, prompts in controls},
-            }
-        )
+        # The unmodified p of every group in one pass too: no cache across facts, so a fact's record depends
+        # on the fact alone (the pass's composition sets the last float bits) and a resumed run equals an
+        # uninterrupted one bit for bit.
+        unmodified = {
+            f"{fid}|heldout": heldout,
+            **({f"{fid}|selection": selection} if in_sample else {}),
+            **{f"{r.fact.id}|control": prompts for _, r, prompts in controls},
+        }
+        before = dict(zip(unmodified, self._means(list(unmodified.values()), None), strict=True))
         own: dict[str, dict[str, float]] = {op: {} for op in OPS}
         sample: dict[str, dict[str, float]] = {op: {} for op in OPS}
         after: dict[str, list[float]] = {}

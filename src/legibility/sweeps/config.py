@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from legibility.errors import LegibilityError
+from legibility.sharding import ExecutorConfig
 
 KEYS = {"name", "kind", "base", "variants", "grid", "random", "seeds", "score", "executor"}
 # what a trial does: train a small model from scratch, or finetune a pretrained one (legibility finetune)
 KINDS = ("train", "finetune")
 DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
-EXECUTOR_NAMES = ("local", "ray")
+EXECUTOR_NAMES = ("local", "ray")  # what a sweep file may name (the registry may hold test executors too)
 # variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
 VARIANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_TRIALS = 100_000  # trials of one sweep (each is a training run)
@@ -51,16 +52,6 @@ class Trial:
     overrides: dict[str, Any]  # dotted key -> value, applied to the base run config
     run_config: dict  # the base config with overrides and seed applied (validated)
     kind: str = "train"  # "train" (a RunConfig) or "finetune" (a FinetuneConfig)
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    name: str = "local"  # "local" or "ray"
-    workers: int = 1  # local: parallel processes (1: in this process, sequentially)
-    address: str | None = None  # ray: cluster address ("auto", "ray://host:10001"); None: a local runtime
-    # where trials train and are scored (auto, cpu, cuda, cuda:N, mps; None: auto); like workers, an
-    # execution setting: not part of the trial ids
-    device: str | None = None
 
 
 @dataclass
@@ -172,7 +163,7 @@ def _check_executor(ex: Any) -> ExecutorConfig:
             device = device_name(str(device))
         except ArgumentTypeError as e:
             raise LegibilityError(f"executor.device: {e}") from e
-    return ExecutorConfig(name, workers, address, device)
+    return ExecutorConfig(name=name, address=address, workers=workers, device=device)
 
 
 def _check_score(score: Any) -> dict:

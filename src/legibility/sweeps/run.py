@@ -1,7 +1,7 @@
 """Run a sweep: every trial trains a model then scores it; results land in the DuckDB store.
 
-Executors live in one registry: ``local`` (in this process, or a pool of ``workers`` processes) and ``ray``
-(a Ray cluster at ``address``, or a local Ray runtime). A rerun skips finished trials, reruns those that were
+Trials run on the runner's executors (:data:`legibility.sharding.EXECUTORS`): ``local`` (in this process, or
+a pool of ``workers`` processes) and ``ray`` (a Ray cluster at ``address``, or a local Ray runtime). A rerun skips finished trials, reruns those that were
 running when the sweep was killed (the trainer resumes from its last checkpoint) and, unless asked, leaves
 failed trials failed with their error recorded.
 
@@ -16,20 +16,19 @@ the old config revives them.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
-import os
+import functools
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from legibility.errors import LegibilityError
-from legibility.registry import Registry
+from legibility.sharding import EXECUTORS, Callbacks, Executor
 from legibility.store import check_writable, run_lock
-from legibility.sweeps.config import ExecutorConfig, SweepConfig, Trial
+from legibility.sweeps.config import SweepConfig, Trial
 from legibility.sweeps.results import ResultsStore
 
 
@@ -87,76 +86,27 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}\n" + "".join(tb[-3:])
 
 
-Job = tuple[Trial, str, dict]  # (trial, its directory, score settings)
-OnStart = Callable[[Trial], None]
-OnDone = Callable[[Trial, dict], None]
-OnFail = Callable[[Trial, str], None]
-Executor = Callable[[Sequence[Job], ExecutorConfig, OnStart, OnDone, OnFail], None]
-EXECUTORS: Registry[Executor] = Registry("executor")
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial as a worker receives it (plain data)."""
+
+    id: str
+    run_config: dict
+    trial_dir: str
+    score: dict
+    kind: str = "train"
 
 
-@EXECUTORS.register("local")
-def local_executor(
-    jobs: Sequence[Job], cfg: ExecutorConfig, start: OnStart, done: OnDone, fail: OnFail
-) -> None:
-    if cfg.workers <= 1:
-        for trial, trial_dir, score in jobs:
-            start(trial)
-            try:
-                result = run_trial(trial.run_config, trial_dir, score, cfg.device, trial.kind)
-            except Exception as e:  # a failing trial is recorded; the others go on
-                fail(trial, _error(e))
-            else:
-                done(trial, result)
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads and DuckDB
-    # each worker gets its share of the cores (torch's default, all cores per worker, oversubscribes them)
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-    with cf.ProcessPoolExecutor(
-        max_workers=cfg.workers, mp_context=ctx, initializer=_worker_threads, initargs=(threads,)
-    ) as pool:
-        futures = {}
-        for trial, trial_dir, score in jobs:
-            start(trial)
-            futures[pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device, trial.kind)] = (
-                trial
-            )
-        for fut in cf.as_completed(futures):
-            trial = futures[fut]
-            try:
-                done(trial, fut.result())
-            except Exception as e:
-                fail(trial, _error(e))
+class TrialTask:
+    """The setup of a sweep's workers (:mod:`legibility.sharding` executors): nothing to load up front;
+    each trial trains and scores its own model on the worker's device."""
+
+    def __call__(self, device: str | None) -> Callable[[TrialJob], dict]:
+        return functools.partial(_run_job, device=device)
 
 
-def _worker_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
-@EXECUTORS.register("ray")
-def ray_executor(
-    jobs: Sequence[Job], cfg: ExecutorConfig, start: OnStart, done: OnDone, fail: OnFail
-) -> None:
-    from legibility.sharding import ray_runtime
-
-    with ray_runtime(cfg.address) as ray:
-        # a CUDA trial asks Ray for a GPU, which then makes it the worker's only visible one
-        gpus = 1 if (cfg.device or "").startswith("cuda") else 0
-        device = "cuda" if gpus else cfg.device
-        remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_trial)
-        pending = {}
-        for trial, trial_dir, score in jobs:
-            start(trial)
-            pending[remote.remote(trial.run_config, trial_dir, score, device, trial.kind)] = trial
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            trial = pending.pop(ready[0])
-            try:
-                done(trial, ray.get(ready[0]))
-            except Exception as e:  # RayTaskError wraps the trial's own exception
-                fail(trial, _error(getattr(e, "cause", None) or e))
+def _run_job(job: TrialJob, device: str | None) -> dict:
+    return run_trial(job.run_config, job.trial_dir, job.score, device, job.kind)
 
 
 def trial_dir(out: Path, trial: Trial) -> Path:
@@ -174,7 +124,7 @@ def run_sweep(
 ) -> dict:
     """Run the trials not finished yet; returns counts by status."""
     out = check_writable(out_dir)
-    executor = EXECUTORS[cfg.executor.name]
+    executor = EXECUTORS[cfg.executor.name]  # an unknown executor fails here, before anything is written
     if cfg.executor.name == "local" and cfg.executor.device is not None:
         from legibility.devices import resolve_device
 
@@ -210,17 +160,20 @@ def _run_locked(
             unit="trial",
         )
 
-        def on_done(trial: Trial, result: dict) -> None:
-            store.mark_done(trial.id, result)
+        def on_done(job: TrialJob, result: dict) -> None:
+            store.mark_done(job.id, result)
             bar.update(1)
 
-        def on_fail(trial: Trial, error: str) -> None:
-            store.mark_failed(trial.id, error)
+        def on_fail(job: TrialJob, error: BaseException) -> None:  # recorded; the other trials go on
+            store.mark_failed(job.id, _error(error))
             bar.update(1)
 
-        jobs = [(t, str(dirs[t.id]), cfg.score) for t in todo]
+        jobs = [TrialJob(t.id, t.run_config, str(dirs[t.id]), cfg.score, t.kind) for t in todo]
+        callbacks = Callbacks(
+            on_done, on_fail, started=lambda job: store.mark_running(job.id), key=lambda j: j.id
+        )
         try:
-            executor(jobs, cfg.executor, lambda t: store.mark_running(t.id), on_done, on_fail)
+            executor(TrialTask(), jobs, callbacks, cfg.executor)
         finally:
             bar.close()
         counts: dict[str, int] = {}
