@@ -18,6 +18,7 @@ from legibility.attribution.reference import _activations
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
 from legibility.forward import answer_logits, make_batch
+from legibility.models import sites
 from relp_reference import reference_logits, relp_reference, relp_reference_gradients
 
 CFG = AttributionConfig(steps=5, batch_size=16, baselines=3)
@@ -61,7 +62,7 @@ def test_relp_equals_the_written_out_reference(family):
 def test_answer_token_gradients_equal_the_whole_prompt_backward(family, monkeypatch):
     """The engine path (prefix cached, only the answer token run again from block 0's site) gives the
     gradients of the whole prompt's forward and backward, plain and under RelP's rules."""
-    from legibility.attribution import engine, patching
+    from legibility.attribution import patching
 
     lm = tiny_lm(family)
     qs = first_queries(rendered(lm), 7)
@@ -69,7 +70,8 @@ def test_answer_token_gradients_equal_the_whole_prompt_backward(family, monkeypa
         patching.answer_gradients(lm, qs, 4, rules)
         for rules in (patching.plain_gradients, relevance.relevance_rules)
     ]
-    monkeypatch.setitem(engine.TAILS, lm.model.config.model_type, None)
+    family = lm.model.config.model_type
+    monkeypatch.setitem(sites.FAMILIES, family, dataclasses.replace(sites.FAMILIES[family], engine=False))
     for (acts, grads), rules in zip(fast, (patching.plain_gradients, relevance.relevance_rules), strict=True):
         ref_acts, ref_grads = patching.answer_gradients(lm, qs, 4, rules)
         assert_close(acts, ref_acts)

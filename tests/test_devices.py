@@ -36,6 +36,7 @@ from legibility.attribution import METHODS, AttributionConfig, attribute, attrib
 from legibility.devices import parse_dtype, resolve_device
 from legibility.errors import LegibilityError
 from legibility.facts.render import render
+from legibility.models import sites
 
 PACKAGE = str(Path(legibility.__file__).resolve().parent)
 FACTORIES = {
@@ -175,10 +176,9 @@ def test_batched_ablations_and_the_known_check_stay_on_the_model_device(family):
 
 
 def test_generic_engine_fallback_and_prompts_api(monkeypatch):
-    from legibility.attribution import engine
 
     lm = tiny_lm("qwen2")
-    monkeypatch.setitem(engine.TAILS, "qwen2", None)
+    monkeypatch.setitem(sites.FAMILIES, "qwen2", dataclasses.replace(sites.FAMILIES["qwen2"], engine=False))
     prompts = render(lm, tiny_facts()[0]).prompts
     with on_model_device_only(), torch.no_grad():
         attribute_prompts(lm, prompts, "ig", CFG)

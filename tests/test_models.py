@@ -64,10 +64,10 @@ def test_patching_changes_output_and_hooks_are_removed(family):
 
 
 def test_every_family_of_the_architecture_table_is_tested():
-    from legibility.attribution.engine import TAILS
     from legibility.models.sites import ARCHITECTURES, FAMILIES
 
-    assert sorted(ALL_FAMILIES) == sorted(FAMILIES) == sorted(ARCHITECTURES) == sorted(TAILS)
+    assert sorted(ALL_FAMILIES) == sorted(FAMILIES) == sorted(ARCHITECTURES)
+    assert all(row.engine for row in FAMILIES.values())  # the exact engine runs every family
     assert {f for f, a in FAMILIES.items() if a.masked} == MASKED
 
 

@@ -12,14 +12,15 @@ every row of the chunk.
 * Causal LMs with the answer at the last token: the rows are that single token, attending to the cached
   keys/values of its own query's prefix (computed once per pack, left-padded, pad slots masked).
 * Masked LMs (and one-token causal prompts): the rows are the whole (right-padded) sequence.
-* Rows start at the site: for families whose FFN output is added to the residual stream (:attr:`Tail.
-  residual`), a row of layer ``l`` never runs the part of block ``l`` before the site (attention, norm,
+* Rows start at the site: for families whose FFN output is added to the residual stream (the table's
+  ``Architecture.ffn_residual``), a row of layer ``l`` never runs the part of block ``l`` before the site (attention, norm,
   up-projection): its block-``l`` output is the recorded residual plus the output projection of its path
   point.
 
 We never re-implement a block: they are the HF modules, called with the arguments the model itself passed.
-What runs after the last block (final norm, head, logit soft-capping) is in :data:`TAILS`, one small row
-per family; a parity test pins it against the plain HF forward for every family.
+What runs after the last block (final norm, head, logit soft-capping) and where rows start are read from
+the family's row of the architecture table (:data:`legibility.models.sites.FAMILIES`), nothing re-declared
+here; a parity test pins it against the plain HF forward for every family.
 """
 
 from __future__ import annotations
@@ -36,34 +37,16 @@ from legibility.devices import free_memory
 from legibility.facts.types import Query
 from legibility.forward import head_at, make_batch
 from legibility.models.loading import LoadedModel
-from legibility.models.sites import ARCHITECTURES, FAMILIES, get_path
+from legibility.models.sites import ARCHITECTURES, Architecture, architecture, get_path
+
+Tail = Architecture  # what runs after the last block, and where rows start: the family's table row
 
 
-@dataclass(frozen=True)
-class Tail:
-    """What turns the output of the last block into logits, for one family."""
-
-    norm: str | None = (
-        None  # causal: path from the model to the final norm (the head is the output embeddings)
-    )
-    head: str | None = None  # masked: path to the head module applied to the last hidden state
-    softcap: bool = False  # logits = c * tanh(logits / c), c = config.final_logit_softcapping (Gemma 2/3)
-    # path inside a block to the module whose input is the residual stream that the FFN output is added
-    # to (block output = residual + post(output projection(site))); None: rows run their whole block l
-    residual: str | None = None
-    post: str | None = None  # path inside a block to a norm applied to the FFN output before the addition
-
-
-# One row per family, read from the architecture table (legibility.models.sites.FAMILIES).
-TAILS: dict[str, Tail] = {
-    k: Tail(norm=a.final_norm, head=a.head, softcap=a.softcap, residual=a.ffn_residual, post=a.ffn_post)
-    for k, a in FAMILIES.items()
-}
-
-
-def tail_for(lm: LoadedModel) -> Tail | None:
-    """The family's tail, or None when the family is unknown (callers then use the generic path)."""
-    return TAILS.get(str(getattr(lm.model.config, "model_type", "")))
+def tail_for(lm: LoadedModel) -> Architecture | None:
+    """The family's row of the architecture table, or None when the engine cannot run the family (not in
+    the table, or its row says ``engine=False``): callers then take the generic path."""
+    row = architecture(getattr(lm.model.config, "model_type", ""))
+    return row if row is not None and row.engine else None
 
 
 def logits_from_hidden(lm: LoadedModel, tail: Tail, hidden: Tensor) -> Tensor:
@@ -73,8 +56,8 @@ def logits_from_hidden(lm: LoadedModel, tail: Tail, hidden: Tensor) -> Tensor:
     if tail.head is not None:
         logits = get_path(model, tail.head)(x)  # type: ignore[operator]
     else:
-        if tail.norm is not None:
-            x = get_path(model, tail.norm)(x)  # type: ignore[operator]
+        if tail.final_norm is not None:
+            x = get_path(model, tail.final_norm)(x)  # type: ignore[operator]
         logits = model.get_output_embeddings()(x)  # type: ignore[operator]
     if tail.softcap:
         cap = getattr(model.config, "final_logit_softcapping", None)
@@ -139,10 +122,10 @@ def _capture_blocks(blocks: nn.ModuleList, tail: Tail | None) -> Iterator[dict[s
         return hook
 
     handles = [b.register_forward_pre_hook(capture(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    if tail is not None and tail.residual is not None:
+    if tail is not None and tail.ffn_residual is not None:
         handles += [b.register_forward_hook(output(i)) for i, b in enumerate(blocks)]
         handles += [
-            get_path(b, tail.residual).register_forward_pre_hook(residual(i), with_kwargs=True)  # type: ignore[attr-defined]
+            get_path(b, tail.ffn_residual).register_forward_pre_hook(residual(i), with_kwargs=True)  # type: ignore[attr-defined]
             for i, b in enumerate(blocks)
         ]
     try:
@@ -170,7 +153,7 @@ def skips_to_site(lm: LoadedModel, tail: Tail | None) -> bool:
     model_type = str(getattr(lm.model.config, "model_type", ""))
     return (
         tail is not None
-        and tail.residual is not None
+        and tail.ffn_residual is not None
         and lm.sites.spec == ARCHITECTURES.get(model_type)
         and lm.sites.spec.io == "input"
     )
@@ -316,8 +299,8 @@ def _start_at_site(lm: LoadedModel, tail: Tail, pack: Pack, layer: int, rq: Tens
     block = blocks_of(lm)[layer]
     proj = lm.sites.modules[layer]
     y = proj(points.to(pack.inputs[layer].dtype)[:, None])  # [k, 1, d_model]
-    if tail.post is not None:
-        y = get_path(block, tail.post)(y)  # type: ignore[operator]
+    if tail.ffn_post is not None:
+        y = get_path(block, tail.ffn_post)(y)  # type: ignore[operator]
     pos = pack.pos[rq]
     rows = torch.arange(rq.shape[0], device=rq.device)
     residual = pack.residual[layer].index_select(0, rq)[rows, pos]  # type: ignore[index]

@@ -13,7 +13,7 @@ Savings, all exact (see :mod:`legibility.attribution.engine` for the block-level
 * Many queries (paraphrases, facts; any lengths) are packed: one clean forward per pack, and chunks hold
   rows of every query of the pack. Chunk size comes from free device memory, capped by
   ``config.max_rows``. For a family missing from
-:data:`legibility.attribution.engine.TAILS` a generic path runs every row through the whole model (still
+the architecture table (or whose row says ``engine=False``) a generic path runs every row through the whole model (still
 exact, prefix cached, but without the "blocks >= l" saving).
 """
 

@@ -52,6 +52,9 @@ class Architecture:
     # through the whole block l instead of starting them at the site (e.g. GPT-NeoX's parallel residual)
     ffn_residual: str | None = None
     ffn_post: str | None = None  # path inside a block to a norm applied to the FFN output before the add
+    # the exact engine (legibility.attribution.engine) runs this family's rows from the site with the final
+    # norm / head above; False: attribution takes the generic whole-model path (slower, same scores)
+    engine: bool = True
     gated: bool = False  # the site is a gated product act(gate) * up (RelP's half rule applies to it)
 
 
@@ -97,6 +100,20 @@ ELEUTHER_ARCHITECTURES: dict[str, SiteSpec] = {
     k: a.eleuther_site for k, a in FAMILIES.items() if a.eleuther_site is not None
 }
 SITE_VARIANTS = {"ffn": ARCHITECTURES, "eleuther": ELEUTHER_ARCHITECTURES}
+
+
+def register_family(model_type: str, row: Architecture) -> Architecture:
+    """Add a family (a ``config.model_type``) to the table and its views; a name already there is an error.
+
+    >>> register_family("my_llama", FAMILIES["llama"])  # doctest: +SKIP
+    """
+    if model_type in FAMILIES:
+        raise ValueError(f"model family {model_type!r} is already in the architecture table")
+    FAMILIES[model_type] = row
+    ARCHITECTURES[model_type] = row.site
+    if row.eleuther_site is not None:
+        ELEUTHER_ARCHITECTURES[model_type] = row.eleuther_site
+    return row
 
 
 def architecture(model_type: object) -> Architecture | None:
