@@ -161,17 +161,17 @@ def test_every_attribution_method_creates_tensors_on_the_model_device(family, me
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_batched_ablations_and_the_known_check_stay_on_the_model_device(family):
     from legibility.attribution.ablation import suppressed_probs
-    from legibility.pipeline import KnownConfig, KnownStage
+    from legibility.pipeline import FactGroup, KnownConfig, KnownStage
 
     lm = tiny_lm(family)
     qs = queries(lm)
     sets = [[], [(0, 1), (1, 2)]]
     rows = [(q, s) for q in range(len(qs)) for s in range(2)]
-    fact = render(lm, tiny_facts()[0])
+    group = FactGroup.of([render(lm, f) for f in tiny_facts()[:3]])
     for guard in (on_model_device_only, default_device_meta):
         with guard():
             probs = suppressed_probs(lm, qs, sets, rows)
-            KnownStage(KnownConfig(top_k=5))(lm)(fact)
+            KnownStage(KnownConfig(top_k=5))(lm)(group)
         assert probs.device == lm.device
 
 
@@ -309,8 +309,9 @@ def test_guard_catches_a_planted_bare_factory(planted_regression):
 
 def test_meta_default_device_catches_a_planted_bare_factory(planted_regression):
     lm = tiny_lm("llama")
+    # ig-reference builds its batches with make_batch (grad-x-act now runs on the engine's own batches)
     with pytest.raises((RuntimeError, NotImplementedError)), default_device_meta():
-        attribute(lm, queries(lm), "grad-x-act", dataclasses.replace(CFG))
+        attribute(lm, queries(lm), "ig-reference", dataclasses.replace(CFG))
 
 
 # ----------------------------------------------------------------------------- on a GPU, when there is one
