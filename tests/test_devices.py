@@ -528,7 +528,7 @@ def test_sweep_passes_its_device_to_every_trial(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_trial(run_config, trial_dir, score, device=None):
+    def fake_trial(run_config, trial_dir, score, device=None, kind="train"):
         seen.append(device)
         return {
             "train": {"step": 1, "device": device},
