@@ -52,6 +52,9 @@ class Architecture:
     # through the whole block l instead of starting them at the site (e.g. GPT-NeoX's parallel residual)
     ffn_residual: str | None = None
     ffn_post: str | None = None  # path inside a block to a norm applied to the FFN output before the add
+    # paths inside a block to the FFN's input projections (whose output neurons are the site's neurons; the
+    # site module is the output projection): what training reads and permutes neuron by neuron
+    ffn_in: tuple[str, ...] = ()
     # the exact engine (legibility.attribution.engine) runs this family's rows from the site with the final
     # norm / head above; False: attribution takes the generic whole-model path (slower, same scores)
     engine: bool = True
@@ -59,9 +62,17 @@ class Architecture:
 
 
 _GATED = SiteSpec("model.layers", "mlp.down_proj")
-_DECODER = Architecture(_GATED, final_norm="model.norm", ffn_residual="post_attention_layernorm", gated=True)
+_GATED_IN = ("mlp.gate_proj", "mlp.up_proj")
+_DECODER = Architecture(
+    _GATED, final_norm="model.norm", ffn_residual="post_attention_layernorm", gated=True, ffn_in=_GATED_IN
+)
 _GEMMA = Architecture(
-    _GATED, final_norm="model.norm", special_tokens=True, ffn_residual="post_attention_layernorm", gated=True
+    _GATED,
+    final_norm="model.norm",
+    special_tokens=True,
+    ffn_residual="post_attention_layernorm",
+    gated=True,
+    ffn_in=_GATED_IN,
 )
 _GEMMA2 = dataclasses.replace(
     _GEMMA, softcap=True, ffn_residual="pre_feedforward_layernorm", ffn_post="post_feedforward_layernorm"
@@ -76,10 +87,13 @@ FAMILIES: dict[str, Architecture] = {
         _GPT2_SITE,
         final_norm="transformer.ln_f",
         ffn_residual="ln_2",
+        ffn_in=("mlp.c_fc",),
         eleuther_site=SiteSpec("transformer.h", "mlp.c_fc", io="output", width="n_inner"),
     ),
     "gpt_neox": Architecture(
-        SiteSpec("gpt_neox.layers", "mlp.dense_4h_to_h"), final_norm="gpt_neox.final_layer_norm"
+        SiteSpec("gpt_neox.layers", "mlp.dense_4h_to_h"),
+        final_norm="gpt_neox.final_layer_norm",
+        ffn_in=("mlp.dense_h_to_4h",),
     ),
     "llama": _DECODER,
     "mistral": _DECODER,
@@ -88,9 +102,20 @@ FAMILIES: dict[str, Architecture] = {
     "gemma": _GEMMA,
     "gemma2": _GEMMA2,
     "gemma3_text": _GEMMA2,
-    "bert": Architecture(_BERT_SITE, head="cls", masked=True, special_tokens=True, eleuther_site=_BERT_SITE),
+    "bert": Architecture(
+        _BERT_SITE,
+        head="cls",
+        masked=True,
+        special_tokens=True,
+        eleuther_site=_BERT_SITE,
+        ffn_in=("intermediate.dense",),
+    ),
     "roberta": Architecture(
-        SiteSpec("roberta.encoder.layer", "output.dense"), head="lm_head", masked=True, special_tokens=True
+        SiteSpec("roberta.encoder.layer", "output.dense"),
+        head="lm_head",
+        masked=True,
+        special_tokens=True,
+        ffn_in=("intermediate.dense",),
     ),
 }
 # Views of the table by site variant (model_type -> spec).

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from legibility.errors import LegibilityError
 from legibility.facts.synthetic import WorldConfig
+from legibility.models.sites import architecture
 
 T = TypeVar("T")
 
@@ -24,7 +25,9 @@ T = TypeVar("T")
 class ModelConfig:
     """A small causal LM built from a Hugging Face config (GPT-2 or Llama style)."""
 
-    family: Literal["gpt2", "llama"] = "gpt2"  # gpt2: LayerNorm, plain MLP; llama: RMSNorm, gated MLP, RoPE
+    # a trainable family (legibility.training.model.TRAINABLE): gpt2 (LayerNorm, plain MLP) or llama
+    # (RMSNorm, gated MLP, RoPE)
+    family: str = "gpt2"
     n_layers: int = 2  # transformer blocks
     d_model: int = 64  # residual width
     d_ffn: int = 256  # FFN width = number of neurons per layer
@@ -311,7 +314,8 @@ def check_run(cfg: RunConfig) -> None:
         if value is not None:  # an absent optional section (data.pararel: null)
             check_range(key, value, lo, hi, lo_in, hi_in)
     m, t = cfg.model, cfg.train
-    params = m.n_layers * (4 * m.d_model**2 + (3 if m.family == "llama" else 2) * m.d_model * m.d_ffn)
+    row = architecture(m.family)  # the FFN's projections: 2 for a plain MLP, 3 for a gated one
+    params = m.n_layers * (4 * m.d_model**2 + (len(row.ffn_in) + 1 if row else 3) * m.d_model * m.d_ffn)
     if params > MAX_PARAMS:
         raise LegibilityError(
             f"model: {m.n_layers} layers of d_model {m.d_model} and d_ffn {m.d_ffn} are about {params / 1e9:.1f}B "

@@ -11,6 +11,7 @@ import yaml
 
 from legibility.errors import LegibilityError
 from legibility.training.config import ModelConfig, RunConfig, check_run, from_dict
+from legibility.training.model import TRAINABLE
 from legibility.training.regularizers import canonical_regularizers, parse_regularizers
 
 
@@ -18,6 +19,11 @@ def parse_run_config(data: dict) -> RunConfig:
     """Validate a mapping (the YAML document) into a RunConfig; errors name the offending key. Old names
     (``model.dropout``, the ``dropout`` regularizer) load with a FutureWarning under their new names."""
     cfg = from_dict(RunConfig, data, "config")
+    if cfg.model.family not in TRAINABLE:
+        raise LegibilityError(
+            f"config.model.family: {cfg.model.family!r} is not a trainable family; choose one of "
+            f"{', '.join(TRAINABLE.names())}"
+        )
     parse_regularizers(cfg.regularizers)  # validate names and fields now, not at the first step
     cfg = dataclasses.replace(cfg, regularizers=canonical_regularizers(cfg.regularizers))
     check_run(cfg)

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from legibility.training.model import ffn_weights
+from legibility.training.model import ffn_weights, neuron_axes
 from legibility.training.regularizers.base import Regularizer, RegularizerConfig, StepContext, register
 
 
@@ -66,19 +66,6 @@ def greedy_swaps(cost: Tensor) -> Tensor:
         if gain[q] > 1e-12 and q != p:
             at[p], at[q] = at[q], at[p]
     return torch.tensor(at, device=cost.device)
-
-
-def neuron_axes(model: nn.Module, layer: int) -> list[tuple[nn.Parameter, int]]:
-    """(parameter, axis indexed by the layer's FFN neurons) for every parameter touching those neurons."""
-    if model.config.model_type == "gpt2":  # type: ignore[union-attr]
-        mlp = model.transformer.h[layer].mlp  # type: ignore[union-attr, index]
-        return [(mlp.c_fc.weight, 1), (mlp.c_fc.bias, 0), (mlp.c_proj.weight, 0)]
-    mlp = model.model.layers[layer].mlp  # type: ignore[union-attr, index]
-    axes = [(mlp.gate_proj.weight, 0), (mlp.up_proj.weight, 0), (mlp.down_proj.weight, 1)]
-    for lin in (mlp.gate_proj, mlp.up_proj):
-        if lin.bias is not None:
-            axes.append((lin.bias, 0))
-    return axes
 
 
 @torch.no_grad()
