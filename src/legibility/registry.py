@@ -42,6 +42,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (for parts registered for a while, e.g. by a test); an unknown name is an error."""
+        self[name]  # one line listing the known ones
+        return self._items.pop(name)
+
     def items(self) -> list[tuple[str, T]]:
         """(name, item) in the order they were registered (display order where it matters)."""
         return list(self._items.items())

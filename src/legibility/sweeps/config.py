@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from legibility.errors import LegibilityError
-from legibility.sharding import ExecutorConfig
+from legibility.sharding import EXECUTORS, ExecutorConfig
 
 KEYS = {"name", "kind", "base", "variants", "grid", "random", "seeds", "score", "executor"}
 # what a trial does: train a small model from scratch, or finetune a pretrained one (legibility finetune)
 KINDS = ("train", "finetune")
 DISTRIBUTIONS = {"uniform", "log_uniform", "choice", "int_uniform"}
-EXECUTOR_NAMES = ("local", "ray")  # what a sweep file may name (the registry may hold test executors too)
 # variant names become folder names and figure labels: no path separators, no "..", no $...$ mathtext
 VARIANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_TRIALS = 100_000  # trials of one sweep (each is a training run)
@@ -143,9 +142,9 @@ def _check_executor(ex: Any) -> ExecutorConfig:
     if not isinstance(ex, dict) or set(ex) - {"name", "workers", "address", "device"}:
         raise LegibilityError("'executor' takes name (local|ray), workers, address, device")
     name = ex.get("name", "local")
-    if name not in EXECUTOR_NAMES:
+    if name not in EXECUTORS:
         raise LegibilityError(
-            f"executor.name = {name!r} is not allowed; choose one of {', '.join(EXECUTOR_NAMES)}"
+            f"executor.name = {name!r} is not allowed; choose one of {', '.join(EXECUTORS.names())}"
         )
     workers = ex.get("workers", 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
