@@ -274,11 +274,13 @@ def _check_count(name: str, value: int, low: int = 0) -> None:
 
 
 def _locate(lm, rendered, relation):
-    """The fact's knowledge neurons (adaptive p), computed by the runner's neuron stage."""
+    """The fact's knowledge neurons (adaptive p, from all its prompts: the edit is judged elsewhere),
+    computed by the runner's neuron stage."""
+    from legibility.facts.split import PromptSplit
     from legibility.neurons import NeuronConfig
     from legibility.pipeline import NeuronStage
 
-    record = NeuronStage(neurons=NeuronConfig(adaptive=True))(lm)(rendered)
+    record = NeuronStage(neurons=NeuronConfig(adaptive=True), split=PromptSplit(holdout=0.0))(lm)(rendered)
     return [tuple(n) for n in record["neurons"]]
 
 

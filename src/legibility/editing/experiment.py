@@ -37,6 +37,7 @@ from legibility.facts.counterfacts import (
 )
 from legibility.facts.pararel import load_pararel
 from legibility.facts.render import render
+from legibility.facts.split import PromptSplit
 from legibility.facts.types import RenderedFact
 from legibility.forward import predict
 from legibility.metrics.text import SAMPLE_TEXT
@@ -67,11 +68,6 @@ class ExperimentConfig:
     data_dir: str | None = None  # PARAREL folder (default: found automatically)
 
 
-def facts_digest(facts: list) -> str:
-    """A content hash of facts (ids, subjects, objects, prompts): a changed data file changes it."""
-    return settings_key([(f.id, f.subject, f.relation, f.object, list(f.prompts)) for f in facts])
-
-
 def _known(
     lm: LoadedModel,
     relations: list[str],
@@ -84,6 +80,7 @@ def _known(
     """Known facts of ``relations`` (at most ``limit`` each), cached by id in ``out`` (the scan is slow)
     under a name keyed by the model, the facts' content, ``limit`` and the seed."""
     from legibility.pipeline import KnownConfig, select_known
+    from legibility.run import facts_digest  # the runner's content hash of facts: a changed file changes it
 
     facts = load_pararel(cfg.data_dir, relations=relations)
     known_cfg = KnownConfig(limit=limit)
@@ -156,8 +153,16 @@ def _run_experiment(lm: LoadedModel, out: Path, cfg: ExperimentConfig, progress:
         asdict(cfg.neurons),
         [(r.fact.id, r.fact.object, [p.text for p in r.prompts]) for r in located],
     )
+    # every located prompt chooses the neurons: the edit is judged on the other wordings (synonyms)
     records = find_neurons(
-        lm, located, out / f"neurons-{located_key}", cfg.method, None, cfg.neurons, progress
+        lm,
+        located,
+        out / f"neurons-{located_key}",
+        cfg.method,
+        None,
+        cfg.neurons,
+        progress,
+        split=PromptSplit(holdout=0.0),
     )
     neurons = [[tuple(n) for n in rec["neurons"]] for rec in records]
 
