@@ -81,6 +81,11 @@ def _finetune_trial(run_config: dict, out: Path, score, device: str | None) -> d
     }
 
 
+def _kind(trial: Trial) -> dict:
+    """run_trial's kind argument, given only for trials that are not plain training runs."""
+    return {"kind": trial.kind} if trial.kind != "train" else {}
+
+
 def _error(e: BaseException) -> str:
 
     tb = traceback.format_exception(type(e), e, e.__traceback__)
@@ -103,7 +108,7 @@ def local_executor(
         for trial, trial_dir, score in jobs:
             start(trial)
             try:
-                result = run_trial(trial.run_config, trial_dir, score, cfg.device, trial.kind)
+                result = run_trial(trial.run_config, trial_dir, score, cfg.device, **_kind(trial))
             except Exception as e:  # a failing trial is recorded; the others go on
                 fail(trial, _error(e))
             else:
@@ -149,7 +154,7 @@ def ray_executor(
         pending = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            pending[remote.remote(trial.run_config, trial_dir, score, device, trial.kind)] = trial
+            pending[remote.remote(trial.run_config, trial_dir, score, device, **_kind(trial))] = trial
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             trial = pending.pop(ready[0])
