@@ -123,9 +123,8 @@ def local_executor(
         futures = {}
         for trial, trial_dir, score in jobs:
             start(trial)
-            futures[pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device, trial.kind)] = (
-                trial
-            )
+            job = pool.submit(run_trial, trial.run_config, trial_dir, score, cfg.device, **_kind(trial))
+            futures[job] = trial
         for fut in cf.as_completed(futures):
             trial = futures[fut]
             try:
