@@ -106,7 +106,8 @@ class TrialTask:
 
 
 def _run_job(job: TrialJob, device: str | None) -> dict:
-    return run_trial(job.run_config, job.trial_dir, job.score, device, job.kind)
+    kind = {"kind": job.kind} if job.kind != "train" else {}  # only trials that are not plain training runs
+    return run_trial(job.run_config, job.trial_dir, job.score, device, **kind)
 
 
 def trial_dir(out: Path, trial: Trial) -> Path:
