@@ -228,6 +228,9 @@ def test_trial_ids_cover_the_text_folders_content_and_keep_synthetic_ones(tmp_pa
     path.write_text(yaml.safe_dump({"name": "s", "base": base, "seeds": [0]}))
     first = load_sweep(path).trials[0].id
     assert load_sweep(path).trials[0].id == first
+    base["data"]["text"] = {"dir": str(tmp_path / "txt")}  # the same folder by its absolute path
+    path.write_text(yaml.safe_dump({"name": "s", "base": base, "seeds": [0]}))
+    assert load_sweep(path).trials[0].id == first  # the content keys the trial, not where it lies
     (tmp_path / "txt" / "a.txt").write_text("one line\nan edited line\n")
     assert load_sweep(path).trials[0].id != first
     (tmp_path / "txt" / "a.txt").unlink()
