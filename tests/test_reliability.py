@@ -228,6 +228,7 @@ def test_trial_ids_cover_the_text_folders_content_and_keep_synthetic_ones(tmp_pa
     path.write_text(yaml.safe_dump({"name": "s", "base": base, "seeds": [0]}))
     first = load_sweep(path).trials[0].id
     assert load_sweep(path).trials[0].id == first
+    (tmp_path / "text-relative.yaml").write_text(path.read_text())
     base["data"]["text"] = {"dir": str(tmp_path / "txt")}  # the same folder by its absolute path
     path.write_text(yaml.safe_dump({"name": "s", "base": base, "seeds": [0]}))
     assert load_sweep(path).trials[0].id == first  # the content keys the trial, not where it lies
@@ -236,7 +237,7 @@ def test_trial_ids_cover_the_text_folders_content_and_keep_synthetic_ones(tmp_pa
     (tmp_path / "txt" / "a.txt").unlink()
     (tmp_path / "txt").rmdir()
     with pytest.raises(LegibilityError, match="data.text.dir: txt is not a folder"):
-        load_sweep(path)  # before any trial starts, not once per trial
+        load_sweep(tmp_path / "text-relative.yaml")  # before any trial starts, not once per trial
 
 
 def test_a_sweep_holds_its_folders_lock(tmp_path):
