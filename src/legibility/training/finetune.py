@@ -124,8 +124,24 @@ def parse_finetune_config(data: dict) -> FinetuneConfig:
     cfg = from_dict(FinetuneConfig, merged, "config")
     parse_regularizers(cfg.regularizers)
     cfg = dataclasses.replace(cfg, regularizers=canonical_regularizers(cfg.regularizers))
+    # data paths resolved before anything keys the run: a relative and an absolute path to the same file
+    # are one run (their content is keyed as well, in inputs.json)
+    text = dataclasses.replace(
+        cfg.text, train=_resolved(cfg.text.train), held_out=_resolved(cfg.text.held_out)
+    )
+    facts = dataclasses.replace(
+        cfg.facts, data_dir=_resolved(cfg.facts.data_dir) if cfg.facts.data_dir else None
+    )
+    cfg = dataclasses.replace(cfg, text=text, facts=facts)
     check_finetune(cfg)
     return cfg
+
+
+def _resolved(path: str) -> str:
+    p = Path(path).expanduser()
+    return (
+        str(p.resolve()) if p.exists() else path
+    )  # a missing path stays as given, for check_finetune's error
 
 
 def load_finetune_config(path: str | Path) -> FinetuneConfig:
