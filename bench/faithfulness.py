@@ -63,6 +63,8 @@ METHODS = [
     "ig-prefilter:relp",
     "ig-prefilter:grad-x-act",
     "relp",
+    "relp-mean",
+    "relp-corrupt",
     "grad-x-act",
     "atp-mean",
     "atp-corrupt",
