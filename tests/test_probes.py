@@ -217,18 +217,31 @@ def test_concept_run_keyed_and_reported(tmp_path):
 
     lm = tiny_lm("gpt2")
     data = tmp_path / "d.jsonl"
-    rows = [
-        {"text": f"the capital of {w} is", "label": lab, "group": w}
-        for w, lab in [("germany", "a"), ("france", "b"), ("italy", "a"), ("spain", "b")] * 1
-    ]
+    words = ["germany", "france", "italy", "spain", "berlin", "paris", "rome", "madrid", "english"]
+    rows = [{"text": f"the capital of {w} is", "label": "ab"[i % 2], "group": w} for i, w in enumerate(words)]
     rows += [{"text": f"in {r['group']} a city", "label": r["label"], "group": r["group"]} for r in rows]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=2, max_iter=20))
+    cfg = ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=3, max_iter=20))
     res = run_concept(cfg, tmp_path / "run", lm=lm)
     assert len(res["layers"]["resid"]) == 4 and len(res["layers"]["ffn"]) == 3
+    # 9 facts in 3 folds: 3 test facts, the layer chosen on the 6 development facts
+    assert (
+        res["layers"]["resid"][0]["accuracy"]["n"] == 3 and res["layers"]["resid"][0]["validation"]["n"] == 6
+    )
+    head = res["headline"]["resid"]
+    assert (
+        head["fixed_layer"] == 2
+        and head["accuracy"] == res["layers"]["resid"][head["chosen_layer"]]["accuracy"]
+    )
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
     page = write_probe_report(tmp_path / "run").read_text()
-    assert "selectivity" in page and "data:image/png;base64," in page
+    assert "selectivity" in page and "data:image/png;base64," in page and "chosen layer" in page
+    with pytest.raises(LegibilityError, match="folds >= 3"):
+        run_concept(
+            ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=2)),
+            tmp_path / "r2",
+            lm=lm,
+        )
     with pytest.raises(LegibilityError, match="other settings"):
         run_concept(
             ConceptConfig(model="tiny", source=str(data), position="subject"), tmp_path / "run", lm=lm
