@@ -280,3 +280,17 @@ def test_labelled_text_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     bad.write_bytes(b'{"text": "caf\xe9", "label": "a"}\n')
     with pytest.raises(LegibilityError, match="is not UTF-8 text"):
         load_jsonl_examples(bad)
+
+
+def test_next_token_readout_matches_each_prompt_alone():
+    from legibility.probes.truth import next_token_readout
+
+    lm = tiny_lm("llama")
+    texts = ["the capital of france is", "paris is the", "a"]
+    good, bad = [lm.encode(" paris")[0], 7, 9], [lm.encode(" rome")[0], 8, 9]
+    margins, top1 = next_token_readout(lm, texts, good, bad)
+    for i, text in enumerate(texts):
+        ref = lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1].float().log_softmax(-1)
+        assert float(margins[i]) == pytest.approx(float(ref[good[i]] - ref[bad[i]]), abs=1e-5)
+        assert bool(top1[i]) == (int(ref.argmax()) == good[i])
+    assert float(margins[2]) == 0.0

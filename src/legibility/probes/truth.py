@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from legibility.errors import LegibilityError
 from legibility.facts.render import target_ids
@@ -105,7 +106,13 @@ def known_facts(
     known = np.ones(len(usable), dtype=bool)
     if criterion != "all":
         prefixes = [p for _, ps in usable for p in ps]
-        logp = torch.cat([lp.cpu() for lp in last_logprobs(lm, prefixes)])  # [prompts, vocab]
+        batches = tqdm(
+            last_logprobs(lm, prefixes),
+            total=-(-len(prefixes) // 16),
+            desc="checking which facts the model knows",
+            unit="batch",
+        )
+        logp = torch.cat([lp.cpu() for lp in batches])  # [prompts, vocab]
         cache: dict[tuple[str, str], int] = {}
 
         def tok(prefix: str, obj: str) -> int:  # the boundary merge depends on the prefix's last word only
@@ -167,24 +174,34 @@ def last_logprobs(lm: LoadedModel, prefixes: Sequence[str], batch_size: int = 16
         yield logits.float().log_softmax(-1)
 
 
-def model_margins(
+def next_token_readout(
     lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
-) -> Tensor:
-    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
-    out, start = [], 0
+) -> tuple[Tensor, np.ndarray]:
+    """One forward pass per prefix: log p(good) - log p(bad) [n] at the next token, and whether ``good`` is
+    the arg-max next token [n]."""
+    margins, hits, start = [], [], 0
     for logp in last_logprobs(lm, prefixes):
         rows = torch.arange(logp.shape[0], device=logp.device)
         g = torch.tensor(good[start : start + len(rows)], device=logp.device)
         b = torch.tensor(bad[start : start + len(rows)], device=logp.device)
-        out.append((logp[rows, g] - logp[rows, b]).cpu())
+        margins.append((logp[rows, g] - logp[rows, b]).cpu())
+        hits.append((logp.argmax(-1) == g).cpu())
         start += len(rows)
-    return torch.cat(out)
+    if not margins:
+        return torch.zeros(0), np.zeros(0, dtype=bool)
+    return torch.cat(margins), torch.cat(hits).numpy()
+
+
+def model_margins(
+    lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
+) -> Tensor:
+    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
+    return next_token_readout(lm, prefixes, good, bad)[0]
 
 
 def top1_hits(lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int]) -> np.ndarray:
     """Whether the arg-max next token after each prefix is ``good``."""
-    tops = torch.cat([logp.argmax(-1).cpu() for logp in last_logprobs(lm, prefixes)])
-    return (tops == torch.tensor(list(good))).numpy()
+    return next_token_readout(lm, prefixes, good, good)[1]
 
 
 def object_onehot(statements: Sequence[Statement], vocabulary: Sequence[str]) -> Tensor:

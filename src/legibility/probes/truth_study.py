@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from legibility.errors import LegibilityError
 from legibility.facts.pararel import load_pararel
@@ -54,14 +55,13 @@ from legibility.probes.truth import (
     first_tokens,
     fit_truth_probes,
     known_facts,
-    model_margins,
+    next_token_readout,
     object_controls,
     object_embeddings,
     object_onehot,
     pair_arrays,
     pair_correct,
     score_probes,
-    top1_hits,
     usable_pairs,
 )
 from legibility.store import atomic_write_json, check_settings
@@ -115,11 +115,22 @@ def check_config(cfg: TruthConfig) -> None:
         raise LegibilityError("--facts must be >= 4 (to split each relation three ways) and <= --scan")
 
 
-def select_facts(lm: LoadedModel, cfg: TruthConfig) -> tuple[dict[str, list[Fact]], dict]:
-    """Split name -> facts (known ones unless ``known="all"``), and the known-facts report."""
+def select_facts(
+    lm: LoadedModel, cfg: TruthConfig, cache: Path | None = None
+) -> tuple[dict[str, list[Fact]], dict]:
+    """Split name -> facts (known ones unless ``known="all"``), and the known-facts report. With ``cache``
+    (a file in the run directory, which its settings key), the known facts are read back from a previous
+    (e.g. killed) run instead of asking the model again."""
     s = cfg.truth
     pool = load_pararel(relations=list(cfg.relations), limit=cfg.scan, seed=s.seed)
-    kept, report = known_facts(lm, pool, cfg.templates, cfg.known, cfg.facts)
+
+    def ask() -> dict:
+        kept, report = known_facts(lm, pool, cfg.templates, cfg.known, cfg.facts)
+        return {"ids": [f.id for f in kept], "report": report}
+
+    got = ask() if cache is None else _stage(cache, ask)
+    ids = set(got["ids"])
+    kept, report = [f for f in pool if f.id in ids], got["report"]
     by_rel: dict[str, list[str]] = {}
     for f in kept:
         if f.relation not in cfg.held_out:
@@ -209,7 +220,7 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
     )
     lm = lm or load_probe_model(cfg.model)
     s = cfg.truth
-    facts, known_report = select_facts(lm, cfg)
+    facts, known_report = select_facts(lm, cfg, out / "known.json")
     statements, split = build_statements(lm, cfg, facts)
     if not all((split == k).any() for k in SPLITS):
         empty = [k for k in SPLITS if not (split == k).any()]
@@ -217,7 +228,11 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
             f"no usable statements in split(s) {', '.join(empty)}: raise --facts or --scan, or use --known all"
         )
     own, other = first_tokens(lm, statements)
-    margins = model_margins(lm, [st.prefix for st in statements], own, other).numpy()
+    ti, _, pf = pair_arrays(statements)
+    # log p(true) - log p(false) after each pair's prompt (shared by its two statements)
+    margins = next_token_readout(
+        lm, [statements[i].prefix for i in ti], [own[i] for i in ti], [other[i] for i in ti]
+    )[0].numpy()
     feats = cached_features(lm, out / "features", [st.text for st in statements], None, "last", ("resid",))[
         "resid"
     ]
@@ -250,12 +265,11 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
         }
         for name, probe in controls.items()
     }
-    ti, _, pf = pair_arrays(statements)
 
     def model_est(name: str) -> dict:
         sel = split[ti] == name
         return _est(
-            accuracy_estimate(margins[ti][sel] > 0, [p for p, k in zip(pf, sel, strict=True) if k], s.seed)
+            accuracy_estimate(margins[sel] > 0, [p for p, k in zip(pf, sel, strict=True) if k], s.seed)
         )
 
     results: dict = {
@@ -285,7 +299,7 @@ def run_truth(cfg: TruthConfig, out_dir: str | Path, lm: LoadedModel | None = No
     if cfg.shots > 0:
         results["lying"] = _stage(
             out / "lying.json",
-            lambda: lying(lm, cfg, statements, test_mask, fitted, mm_layer, own, other),
+            lambda: lying(lm, cfg, statements, test_mask, fitted, mm_layer, own, other, feats[test_mask]),
         )
         lying_figure(
             results["lying"]["probe"],
@@ -337,7 +351,7 @@ def steering(lm, cfg: TruthConfig, statements, feats: Tensor, y: Tensor, tr, tes
     randoms = causal.random_directions(
         float(direction.norm()), direction.shape[0], cfg.steer_random, s.seed, device
     )
-    for scale in cfg.steer_scales:
+    for scale in tqdm(cfg.steer_scales, desc="steering with the truth direction", unit="scale"):
         row: dict = {"scale": scale}
         moved = {}
         for name, vec in (("truth_plus", direction), ("truth_minus", -direction)):
@@ -359,12 +373,13 @@ CONDITIONS = ("plain", "truthful", "lying")
 COMPARISONS = (("truthful", "lying"), ("plain", "lying"), ("plain", "truthful"))
 
 
-def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, layer: int, own, other) -> dict:
+def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, layer: int, own, other, plain: Tensor) -> dict:
     """Few-shot truthful vs lying contexts on the test statements: the model's pair accuracy and top-1
     accuracy on the true object, and the mass-mean truth probe's pair accuracy per layer on the completed
     statements in each context. ``paired``: every comparison of two contexts on the same pairs (difference
     b - a over facts with a BCa bootstrap, McNemar's exact test on the pairs), for the model and for the
-    probe at ``layer`` (its layer chosen on validation)."""
+    probe at ``layer`` (its layer chosen on validation). ``plain``: the features [n_test, layers, d] of the test
+    statements without context."""
     s = cfg.truth
     idx = np.flatnonzero(test_mask)
     test = [statements[i] for i in idx]
@@ -373,7 +388,7 @@ def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, layer: int, own, 
     good, bad = [own[i] for i in idx], [other[i] for i in idx]
     outcomes: dict[str, dict[str, np.ndarray]] = {}
     res: dict = {"model": {}, "probe": {}, "layer": layer, "paired": {}}
-    for cond in CONDITIONS:
+    for cond in tqdm(CONDITIONS, desc="lying condition", unit="context"):
         ctx = [
             ""
             if cond == "plain"
@@ -381,9 +396,15 @@ def lying(lm, cfg: TruthConfig, statements, test_mask, fitted, layer: int, own, 
             for st in test
         ]
         prefixes = [c + st.prefix for c, st in zip(ctx, test, strict=True)]
-        m = model_margins(lm, [prefixes[i] for i in ti], [good[i] for i in ti], [bad[i] for i in ti]).numpy()
-        top1 = top1_hits(lm, [prefixes[i] for i in ti], [good[i] for i in ti])
-        feats = extract(lm, [c + st.text for c, st in zip(ctx, test, strict=True)], sites=("resid",))["resid"]
+        margin, top1 = next_token_readout(
+            lm, [prefixes[i] for i in ti], [good[i] for i in ti], [bad[i] for i in ti]
+        )
+        m = margin.numpy()
+        if cond == "plain":  # the study's own features of these statements (same texts, no context)
+            feats = plain
+        else:
+            texts = [c + st.text for c, st in zip(ctx, test, strict=True)]
+            feats = extract(lm, texts, sites=("resid",))["resid"]
         rows = []
         for li, probes in enumerate(fitted):
             sc = score_probes({"mass_mean": probes["mass_mean"]}, feats[:, li], test, s.seed)
