@@ -9,13 +9,15 @@ import numpy as np
 from legibility.report.plotting import pyplot
 
 
-def _band(ax, rows: list[dict], key: str, label: str, color: str, style: str = "-") -> None:
+def _band(
+    ax, rows: list[dict], key: str, label: str, color: str, style: str = "-", alpha: float = 0.2
+) -> None:
     xs = np.arange(len(rows))
     v = np.array([r[key]["value"] for r in rows])
     lo = np.array([r[key]["ci_low"] for r in rows])
     hi = np.array([r[key]["ci_high"] for r in rows])
     ax.plot(xs, v, style, color=color, label=label)
-    ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
+    ax.fill_between(xs, lo, hi, color=color, alpha=alpha)
 
 
 def accuracy_figure(
@@ -72,21 +74,19 @@ def truth_figure(
 ) -> Path:
     """Pair accuracy by layer of each truth probe on the validation split (where each probe's layer is
     chosen, star) and on the two test splits (the star is the headline: test score at the chosen layer);
-    the model's own judgement, the best object-identity control and the fixed layer as lines."""
+    the model's own judgement, the object-identity controls and the fixed layer as lines."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 3.8), sharey=True)
     for ax, (split, rows) in zip(axes, layers.items(), strict=True):
         for method, c in COLORS.items():
             if method not in rows[0]:
                 continue
-            _band(ax, [r[method] for r in rows], "pair", method, c)
+            _band(ax, [r[method] for r in rows], "pair", method, c, alpha=0.1)
             at = headline[method]["chosen_layer"]
             ax.plot([at], [rows[at][method]["pair"]["value"]], "*", ms=11, color=c)
         ax.axhline(model[split]["value"], color="#c33", lw=1, label="model's own judgement")
-        best = max(controls, key=lambda k: controls[k][split]["pair"]["value"])
-        ax.axhline(
-            controls[best][split]["pair"]["value"], color="#333", lw=1, ls=":", label=f"control: {best}"
-        )
+        for (name, ctrl), ls in zip(controls.items(), (":", (0, (5, 2))), strict=False):
+            ax.axhline(ctrl[split]["pair"]["value"], color="#333", lw=1, ls=ls, label=f"control: {name}")
         ax.axhline(0.5, color="#999", lw=0.8, ls="--")
         ax.axvline(headline[next(iter(headline))]["fixed_layer"], color="#999", lw=0.8, ls="-.")
         ax.set_xlabel("layer (hidden_states index)")
