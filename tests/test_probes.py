@@ -217,18 +217,31 @@ def test_concept_run_keyed_and_reported(tmp_path):
 
     lm = tiny_lm("gpt2")
     data = tmp_path / "d.jsonl"
-    rows = [
-        {"text": f"the capital of {w} is", "label": lab, "group": w}
-        for w, lab in [("germany", "a"), ("france", "b"), ("italy", "a"), ("spain", "b")] * 1
-    ]
+    words = ["germany", "france", "italy", "spain", "berlin", "paris", "rome", "madrid", "english"]
+    rows = [{"text": f"the capital of {w} is", "label": "ab"[i % 2], "group": w} for i, w in enumerate(words)]
     rows += [{"text": f"in {r['group']} a city", "label": r["label"], "group": r["group"]} for r in rows]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=2, max_iter=20))
+    cfg = ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=3, max_iter=20))
     res = run_concept(cfg, tmp_path / "run", lm=lm)
     assert len(res["layers"]["resid"]) == 4 and len(res["layers"]["ffn"]) == 3
+    # 9 facts in 3 folds: 3 test facts, the layer chosen on the 6 development facts
+    assert (
+        res["layers"]["resid"][0]["accuracy"]["n"] == 3 and res["layers"]["resid"][0]["validation"]["n"] == 6
+    )
+    head = res["headline"]["resid"]
+    assert (
+        head["fixed_layer"] == 2
+        and head["accuracy"] == res["layers"]["resid"][head["chosen_layer"]]["accuracy"]
+    )
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
     page = write_probe_report(tmp_path / "run").read_text()
-    assert "selectivity" in page and "data:image/png;base64," in page
+    assert "selectivity" in page and "data:image/png;base64," in page and "chosen layer" in page
+    with pytest.raises(LegibilityError, match="folds >= 3"):
+        run_concept(
+            ConceptConfig(model="tiny", source=str(data), probe=ProbeSettings(folds=2)),
+            tmp_path / "r2",
+            lm=lm,
+        )
     with pytest.raises(LegibilityError, match="other settings"):
         run_concept(
             ConceptConfig(model="tiny", source=str(data), position="subject"), tmp_path / "run", lm=lm
@@ -267,3 +280,17 @@ def test_labelled_text_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     bad.write_bytes(b'{"text": "caf\xe9", "label": "a"}\n')
     with pytest.raises(LegibilityError, match="is not UTF-8 text"):
         load_jsonl_examples(bad)
+
+
+def test_next_token_readout_matches_each_prompt_alone():
+    from legibility.probes.truth import next_token_readout
+
+    lm = tiny_lm("llama")
+    texts = ["the capital of france is", "paris is the", "a"]
+    good, bad = [lm.encode(" paris")[0], 7, 9], [lm.encode(" rome")[0], 8, 9]
+    margins, top1 = next_token_readout(lm, texts, good, bad)
+    for i, text in enumerate(texts):
+        ref = lm.model(input_ids=torch.tensor([lm.encode(text)])).logits[0, -1].float().log_softmax(-1)
+        assert float(margins[i]) == pytest.approx(float(ref[good[i]] - ref[bad[i]]), abs=1e-5)
+        assert bool(top1[i]) == (int(ref.argmax()) == good[i])
+    assert float(margins[2]) == 0.0

@@ -2,11 +2,17 @@
 condition and probes over training checkpoints. See docs/probes.md."""
 
 from legibility.probes.concept import ProbeSettings, probe_layers
-from legibility.probes.data import Example, Statement, load_jsonl_examples, pararel_examples, truth_statements
+from legibility.probes.data import (
+    Example,
+    Statement,
+    balanced_false_objects,
+    load_jsonl_examples,
+    pararel_examples,
+    truth_statements,
+)
 from legibility.probes.linear import (
     CCSProbe,
     LinearProbe,
-    accuracy_estimate,
     control_labels,
     fit_ccs,
     fit_logistic,
@@ -14,6 +20,8 @@ from legibility.probes.linear import (
     group_split,
 )
 from legibility.probes.run import ConceptConfig, TruthConfig, run_concept, run_truth
+from legibility.probes.selection import choose_layer, fixed_layer
+from legibility.probes.stats import accuracy_estimate, mcnemar_exact, paired_difference
 from legibility.probes.truth import TruthSettings
 
 __all__ = [
@@ -26,12 +34,17 @@ __all__ = [
     "TruthConfig",
     "TruthSettings",
     "accuracy_estimate",
+    "balanced_false_objects",
+    "choose_layer",
     "control_labels",
     "fit_ccs",
     "fit_logistic",
     "fit_mass_mean",
+    "fixed_layer",
     "group_split",
     "load_jsonl_examples",
+    "mcnemar_exact",
+    "paired_difference",
     "pararel_examples",
     "probe_layers",
     "run_concept",

@@ -2,7 +2,8 @@
 
 For each ``<run>/checkpoints/step-*`` (weights read with safetensors into the run's final model
 architecture): concept probes on the run's facts (relation and object labels, every layer, residual stream
-and FFN sites, last token of the prompt up to the object), top-1 fact accuracy over all templates (training
+and FFN sites, last token of the prompt up to the object; the number recorded is the test-fact accuracy at
+the site and layer with the best validation accuracy, see :mod:`legibility.probes.concept`), top-1 fact accuracy over all templates (training
 and held-out), and, unless switched off, suppressability and the rest of the scorecard through
 :func:`legibility.training.experiment.score_model`.
 """
@@ -26,6 +27,7 @@ from legibility.probes.activations import extract
 from legibility.probes.concept import ProbeSettings, probe_layers
 from legibility.probes.data import encode_labels, pararel_examples
 from legibility.probes.figures import checkpoints_figure
+from legibility.probes.selection import fixed_layer
 from legibility.store import atomic_write_json, check_settings, check_writable, run_lock
 from legibility.training.config import RunConfig
 from legibility.training.experiment import ScoreConfig, all_template_facts, score_model
@@ -56,7 +58,7 @@ def checkpoints_of(run_dir: Path) -> list[Path]:
 def score_checkpoints(
     run_dir: str | Path, out_dir: str | Path, cfg: CheckpointScoring | None = None
 ) -> list[dict]:
-    """One record per checkpoint (``step``, ``probe.<task>`` at the best layer, per-layer accuracies,
+    """One record per checkpoint (``step``, ``probe.<task>`` at the layer chosen on validation, per-layer accuracies,
     ``fact_accuracy``, scorecard metrics); finished checkpoints are read back on a rerun."""
     run, out = Path(run_dir), check_writable(out_dir)
     c = cfg or CheckpointScoring()
@@ -106,13 +108,23 @@ def _score_checkpoints(
             ex = pararel_examples(facts, task)
             labels, _ = encode_labels(ex)
             feats = extract(lm, [e.text for e in ex])
-            per_site = {}
+            per_site, val = {}, {}
             for site, x in feats.items():
                 rows = probe_layers(x, labels, [e.group for e in ex], [e.type for e in ex], c.probe)
                 per_site[site] = [r["accuracy"].value for r in rows]
+                val[site] = [r["validation"].value for r in rows]
                 rec[f"probe.{task}.{site}.control"] = [r["control"].value for r in rows]
+                rec[f"probe.{task}.{site}.validation"] = val[site]
+            # the (site, layer) with the best validation accuracy; its test accuracy is the record's number
+            site, layer = max(
+                ((s, i) for s in val for i in range(len(val[s]))), key=lambda k: val[k[0]][k[1]]
+            )
             rec[f"probe.{task}.layers"] = per_site
-            rec[f"probe.{task}"] = float(max(max(v) for v in per_site.values()))
+            rec[f"probe.{task}.chosen"] = f"{site}:{layer}"
+            rec[f"probe.{task}"] = per_site[site][layer]
+            rec[f"probe.{task}.control"] = rec[f"probe.{task}.{site}.control"][layer]
+            fixed = fixed_layer(len(per_site["resid"]), c.probe.fixed_depth)
+            rec[f"probe.{task}.fixed"] = per_site["resid"][fixed]
         rendered = [render(lm, f) for f in facts]
         queries = [q for r in rendered for p in r.prompts for q in p.queries]
         pred = predict(lm, queries)

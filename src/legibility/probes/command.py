@@ -24,14 +24,20 @@ def _csv(text: str) -> tuple[str, ...]:
 def _scales(text: str) -> tuple[float, ...]:
     """An argparse type: comma-separated finite steering scales."""
     scale = number(float, -1000.0, 1000.0)
+    if text.strip().lower() == "none":
+        return ()
     values = tuple(scale(t) for t in _csv(text))
     if not values:
-        raise argparse.ArgumentTypeError("give at least one scale, e.g. 1,2,4")
+        raise argparse.ArgumentTypeError("give at least one scale, e.g. 1,2,4, or none")
     return values
 
 
 FACTS = number(int, 1, 10_000)  # facts per relation
 SEED = number(int, 0, 2**32 - 1)
+
+
+def _fmt(e: dict) -> str:
+    return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +53,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--position", choices=("last", "subject"), default="last", help="token read")
     p.add_argument("--sites", default="resid,ffn", help="comma-separated: resid, ffn")
     p.add_argument(
-        "--folds", type=number(int, 2, 100), default=3, help="k of the k-fold split by fact/group (2 to 100)"
+        "--folds",
+        type=number(int, 3, 100),
+        default=3,
+        help="k folds by fact/group (3 to 100): one of test facts, k-1 to choose the layer on by cross-validation",
     )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="run directory")
@@ -57,19 +66,44 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--relations", default="P17,P19,P36,P37,P101,P103,P1412,P30")
     p.add_argument("--held-out", default="P1412,P30", help="relations only tested on")
-    p.add_argument("--facts", type=FACTS, default=20, help="facts per relation")
+    p.add_argument(
+        "--facts", type=number(int, 4, 10_000), default=20, help="facts kept per relation (at most)"
+    )
+    p.add_argument(
+        "--scan",
+        type=number(int, 4, 100_000),
+        default=100,
+        help="facts drawn per relation to find known ones in",
+    )
     p.add_argument("--templates", type=number(int, 1, 100), default=2, help="templates per fact")
-    p.add_argument("--known-only", action="store_true", help="only pairs the model judges right")
+    p.add_argument(
+        "--known",
+        choices=("candidates", "top1", "all"),
+        default="candidates",
+        help="facts kept: the model ranks the true object first among the relation's objects (candidates), "
+        "or over the whole vocabulary (top1), on at least half of the templates; or all facts",
+    )
+    p.add_argument(
+        "--false-objects",
+        choices=("balanced", "uniform"),
+        default="balanced",
+        help="balanced: every object is claimed as often falsely as truly (its identity carries no label); "
+        "uniform: one false object drawn uniformly from the relation's others (the original construction)",
+    )
     p.add_argument("--iid", action="store_true", help="also the covariance-corrected mass-mean probe")
     p.add_argument("--ccs-restarts", type=number(int, 1, 1000), default=5)
     p.add_argument(
         "--scales",
         type=_scales,
         default=(1.0, 2.0, 4.0),
-        help="comma-separated steering scales (multiples of the class-mean difference; default 1,2,4)",
+        help="comma-separated steering scales (multiples of the class-mean difference; default 1,2,4); "
+        "'none' skips steering",
     )
     p.add_argument(
-        "--shots", type=number(int, 0, 64), default=4, help="statements in the few-shot contexts (0 to 64)"
+        "--shots",
+        type=number(int, 0, 64),
+        default=4,
+        help="statements in the few-shot contexts (0 to 64); 0 skips the lying condition",
     )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True)
@@ -114,13 +148,11 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
         )
         res = run_concept(cfg, args.out, device=args.device)
-        for site, rows in res["layers"].items():
-            b = res["best_layer"][site]
-            r = rows[b]
+        for site, h in res["headline"].items():
             print(  # noqa: T201
-                f"{site}: best layer {b}: accuracy {r['accuracy']['value']:.3f} "
-                f"[{r['accuracy']['ci_low']:.3f}, {r['accuracy']['ci_high']:.3f}], control "
-                f"{r['control']['value']:.3f}, selectivity {r['selectivity']['value']:.3f}"
+                f"{site}: layer {h['chosen_layer']} (chosen on validation): test accuracy "
+                f"{_fmt(h['accuracy'])}, control {_fmt(h['control'])}, selectivity {_fmt(h['selectivity'])}; "
+                f"fixed layer {h['fixed_layer']}: accuracy {_fmt(h['fixed']['accuracy'])}"
             )
     elif args.command == "probe-truth":
         cfg_t = TruthConfig(
@@ -128,15 +160,24 @@ def run(args: argparse.Namespace) -> int:
             relations=_csv(args.relations),
             held_out=_csv(args.held_out),
             facts=args.facts,
+            scan=args.scan,
             templates=args.templates,
-            known_only=args.known_only,
+            known=args.known,
+            false_objects=args.false_objects,
             truth=TruthSettings(iid=args.iid, ccs_restarts=args.ccs_restarts, seed=args.seed),
             steer_scales=args.scales,
             shots=args.shots,
             dtype=args.dtype,
         )
         res = run_truth(cfg_t, args.out, device=args.device)
-        print(json.dumps({"n_pairs": res["n_pairs"], "best_layer": res["best_layer"]}))  # noqa: T201
+        print(f"pairs: {json.dumps(res['n_pairs'])}")  # noqa: T201
+        for method, h in res["headline"].items():
+            print(  # noqa: T201
+                f"{method}: layer {h['chosen_layer']} (chosen on validation): held-out facts "
+                f"{_fmt(h['held_out_facts']['pair'])}, held-out relations {_fmt(h['held_out_relations']['pair'])}"
+                f"; fixed layer {h['fixed_layer']}: {_fmt(h['fixed']['held_out_facts']['pair'])}, "
+                f"{_fmt(h['fixed']['held_out_relations']['pair'])}"
+            )
     else:
         from legibility.probes.checkpoints import CheckpointScoring, compare_figure, score_checkpoints
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from legibility.errors import LegibilityError
@@ -20,10 +20,13 @@ from legibility.facts.types import OBJECT, Fact, slot_ends_sentence
 __all__ = [
     "Example",
     "Statement",
+    "balanced_false_objects",
     "encode_labels",
     "load_jsonl_examples",
     "pararel_examples",
+    "statement_prefixes",
     "truth_statements",
+    "uniform_false_objects",
 ]
 
 
@@ -102,19 +105,76 @@ class Statement:
     other: str  # the contrasting object (the false one for a true statement and vice versa)
 
 
-def truth_statements(facts: Sequence[Fact], templates: int = 3, seed: int = 0) -> list[Statement]:
-    """For each fact, its first ``templates`` prompts whose object slot ends the sentence, completed with the
-    true object and with one false object of the same relation (drawn with ``seed``)."""
+def uniform_false_objects(facts: Sequence[Fact], seed: int = 0) -> dict[str, str]:
+    """Fact id -> one false object drawn uniformly from the other distinct objects of its relation.
+
+    Every distinct object is equally likely to be drawn, however many facts hold it: a rare object is
+    claimed falsely far more often than truly, so object identity alone predicts the label (the shortcut
+    :func:`balanced_false_objects` removes)."""
     by_rel: dict[str, list[str]] = {}
     for f in facts:
         by_rel.setdefault(f.relation, []).append(f.object)
     rng = random.Random(seed)
-    out = []
+    out = {}
     for f in facts:
         pool = sorted(set(by_rel[f.relation]) - {f.object})
-        if not pool:
+        if pool:
+            out[f.id] = rng.choice(pool)
+    return out
+
+
+def balanced_false_objects(
+    facts: Sequence[Fact], seed: int = 0, key: Callable[[Fact], object] | None = None
+) -> dict[str, str]:
+    """Fact id -> false object such that, within every relation, each object is claimed falsely exactly as
+    often as truly: the false objects are a permutation of the true ones.
+
+    Facts are grouped by ``key`` (default: the object; e.g. the object's first token, so that no pair's two
+    objects share it), the groups laid out one after another in a seeded random order, and fact ``i`` gets
+    the object of fact ``i + m`` (cyclically), ``m`` the largest group's size: no fact gets an object of its
+    own group while ``2 m <= n``. Where one group holds more than half of a relation's facts, its surplus
+    facts are left out (they have no partner); so is a relation with a single group.
+    """
+    keyf = key or (lambda f: f.object)
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    out: dict[str, str] = {}
+    for rel in sorted(by_rel):
+        rng = random.Random(f"{seed}|balanced|{rel}")
+        groups: dict[str, list[Fact]] = {}
+        for f in sorted(by_rel[rel], key=lambda f: f.id):
+            groups.setdefault(repr(keyf(f)), []).append(f)
+        for members in groups.values():
+            rng.shuffle(members)
+        order = sorted(groups)
+        rng.shuffle(order)
+        sizes = {g: len(groups[g]) for g in order}
+        biggest = max(order, key=lambda g: (sizes[g], g)) if order else None
+        n = sum(sizes.values())
+        if biggest is not None and 2 * sizes[biggest] > n:  # drop the surplus of the dominant group
+            sizes[biggest] = n - sizes[biggest]
+        ring = [f for g in order for f in groups[g][: sizes[g]]]
+        if len({repr(keyf(f)) for f in ring}) < 2:
             continue
-        false = rng.choice(pool)
+        m = max(sizes.values())
+        for i, f in enumerate(ring):
+            out[f.id] = ring[(i + m) % len(ring)].object
+    return out
+
+
+def truth_statements(
+    facts: Sequence[Fact], templates: int = 3, seed: int = 0, false_objects: dict[str, str] | None = None
+) -> list[Statement]:
+    """For each fact, its first ``templates`` prompts whose object slot ends the sentence, completed with the
+    true object and with its false object: ``false_objects[fact.id]`` (facts not in it are left out), or by
+    default one drawn uniformly from the relation's other objects (:func:`uniform_false_objects`)."""
+    chosen = uniform_false_objects(facts, seed) if false_objects is None else false_objects
+    out = []
+    for f in facts:
+        false = chosen.get(f.id)
+        if false is None or false == f.object:
+            continue
         usable = [p for p in f.prompts if slot_ends_sentence(p)][:templates]
         for t, p in enumerate(usable):
             prefix, tail = p.split(OBJECT)[0].rstrip(), p.split(OBJECT)[1].strip() or "."
@@ -123,3 +183,10 @@ def truth_statements(facts: Sequence[Fact], templates: int = 3, seed: int = 0) -
                 text = f"{prefix} {obj}{tail}"
                 out.append(Statement(text, prefix, obj, true, f.id, f.relation, f.subject, t, other))
     return out
+
+
+def statement_prefixes(fact: Fact, templates: int) -> list[str]:
+    """The prompts up to the object of ``fact``'s first ``templates`` prompts whose slot ends the sentence
+    (the prefixes :func:`truth_statements` completes)."""
+    usable = [p for p in fact.prompts if slot_ends_sentence(p)][:templates]
+    return [p.split(OBJECT)[0].rstrip() for p in usable]

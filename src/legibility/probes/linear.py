@@ -22,12 +22,10 @@ import torch
 from torch import Tensor
 
 from legibility.metrics.probes import fact_folds
-from legibility.metrics.stats import Estimate, bootstrap
 
 __all__ = [
     "CCSProbe",
     "LinearProbe",
-    "accuracy_estimate",
     "control_labels",
     "fact_folds",
     "fit_ccs",
@@ -250,14 +248,3 @@ def control_labels(types: Sequence[object], labels: Sequence[int], seed: int) ->
     for t in sorted({str(t) for t in types}):
         assigned[t] = int(rng.choice(pool))
     return [assigned[str(t)] for t in types]
-
-
-def accuracy_estimate(correct: np.ndarray, groups: Sequence[object], seed: int = 0) -> Estimate:
-    """Accuracy with a 95% bootstrap interval over groups (per group: mean correctness of its examples)."""
-    keys = [str(g) for g in groups]
-    order = {g: i for i, g in enumerate(dict.fromkeys(keys))}
-    sums, counts = np.zeros(len(order)), np.zeros(len(order))
-    for k, c in zip(keys, np.asarray(correct, dtype=float), strict=True):
-        sums[order[k]] += c
-        counts[order[k]] += 1
-    return bootstrap(lambda v: float(v.mean()), sums / np.maximum(counts, 1), seed=seed)

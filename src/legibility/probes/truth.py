@@ -11,6 +11,12 @@ test statements by
 
 The model's own judgement is the pair accuracy of its log p(true object) - log p(false object) at the
 answer position (first tokens of the objects; pairs whose objects share a first token are left out).
+
+*Known facts* (:func:`known_facts`): by default only facts the model answers correctly are used, so that a
+truth probe is asked to read what the model knows. *Object-identity controls* (:func:`object_controls`):
+logistic probes that see only which object a statement claims (one-hot over the training statements'
+objects, or the model's input embedding of the object's tokens); a truth probe that does no better than them
+may have learned which objects tend to be false, not whether the statement is true.
 """
 
 from __future__ import annotations
@@ -21,21 +27,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from legibility.errors import LegibilityError
 from legibility.facts.render import target_ids
+from legibility.facts.types import Fact
 from legibility.forward import head_at, prompt_batch
 from legibility.metrics.stats import Estimate
 from legibility.models.loading import LoadedModel
-from legibility.probes.data import Statement
+from legibility.probes.data import Statement, statement_prefixes
 from legibility.probes.linear import (
     LinearProbe,
-    accuracy_estimate,
     fit_ccs_batched,
+    fit_logistic,
     fit_logistic_batched,
     fit_mass_mean,
 )
+from legibility.probes.stats import accuracy_estimate
 
 METHODS = ("logistic", "mass_mean", "mass_mean_iid", "ccs")
+KNOWN = ("candidates", "top1", "all")  # which facts a truth study keeps (see known_facts)
+CONTROLS = ("object_onehot", "object_embedding")  # object-identity control probes
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,90 @@ def first_tokens(lm: LoadedModel, statements: Sequence[Statement]) -> tuple[list
     return own, other
 
 
+def first_token(lm: LoadedModel, prefix: str, obj: str) -> int:
+    """First token id of ``obj`` as the continuation of ``prefix`` (after a space)."""
+    return target_ids(lm, prefix + " ", obj)[0]
+
+
+def known_facts(
+    lm: LoadedModel,
+    facts: Sequence[Fact],
+    templates: int,
+    criterion: str = "candidates",
+    limit: int | None = None,
+) -> tuple[list[Fact], dict]:
+    """The facts the model answers correctly, at most ``limit`` per relation (in the order given), and a
+    report of how many each relation kept.
+
+    The answer is read on the prompts the truth statements complete (:func:`statement_prefixes`), at the
+    next token: ``"candidates"``: the true object's first token scores highest among the first tokens of all
+    objects of the fact's relation in ``facts`` (the objects false statements are drawn from);
+    ``"top1"``: it is the top-1 token over the whole vocabulary; ``"all"``: every fact is kept. A fact is
+    known when this holds on at least half of its prompts (as the scorecard's known facts:
+    ``KnownConfig(top_k=1, min_share=0.5)``).
+    """
+    if criterion not in KNOWN:
+        raise LegibilityError(
+            f"unknown known-facts criterion {criterion!r}; choose one of {', '.join(KNOWN)}"
+        )
+    usable = [(f, statement_prefixes(f, templates)) for f in facts]
+    usable = [(f, p) for f, p in usable if p]
+    objects: dict[str, list[str]] = {}
+    for f, _ in usable:
+        objects.setdefault(f.relation, [])
+        if f.object not in objects[f.relation]:
+            objects[f.relation].append(f.object)
+    known = np.ones(len(usable), dtype=bool)
+    if criterion != "all":
+        prefixes = [p for _, ps in usable for p in ps]
+        batches = tqdm(
+            last_logprobs(lm, prefixes),
+            total=-(-len(prefixes) // 16),
+            desc="checking which facts the model knows",
+            unit="batch",
+        )
+        logp = torch.cat([lp.cpu() for lp in batches])  # [prompts, vocab]
+        cache: dict[tuple[str, str], int] = {}
+
+        def tok(prefix: str, obj: str) -> int:  # the boundary merge depends on the prefix's last word only
+            k = (prefix.rsplit(" ", 1)[-1], obj)
+            if k not in cache:
+                cache[k] = first_token(lm, prefix, obj)
+            return cache[k]
+
+        row = 0
+        for i, (f, ps) in enumerate(usable):
+            hits = []
+            for p in ps:
+                own = tok(p, f.object)
+                if criterion == "top1":
+                    hits.append(int(logp[row].argmax()) == own)
+                else:
+                    cands = {tok(p, o) for o in objects[f.relation]}
+                    hits.append(all(logp[row, own] >= logp[row, c] for c in cands))
+                row += 1
+            known[i] = sum(hits) >= 0.5 * len(hits)
+    kept: list[Fact] = []
+    count: dict[str, int] = {}
+    for (f, _), k in zip(usable, known, strict=True):
+        if k and (limit is None or count.get(f.relation, 0) < limit):
+            kept.append(f)
+            count[f.relation] = count.get(f.relation, 0) + 1
+    examined: dict[str, int] = {}
+    for f, _ in usable:
+        examined[f.relation] = examined.get(f.relation, 0) + 1
+    known_by: dict[str, int] = {}
+    for (f, _), k in zip(usable, known, strict=True):
+        known_by[f.relation] = known_by.get(f.relation, 0) + int(k)
+    report = {
+        "criterion": criterion,
+        "examined": examined,
+        "known": known_by,
+        "kept": {r: count.get(r, 0) for r in examined},
+    }
+    return kept, report
+
+
 def usable_pairs(lm: LoadedModel, statements: Sequence[Statement]) -> list[Statement]:
     """Statements (true, false, true, false, ...) whose two objects start with different tokens."""
     own, other = first_tokens(lm, statements)
@@ -78,24 +174,64 @@ def last_logprobs(lm: LoadedModel, prefixes: Sequence[str], batch_size: int = 16
         yield logits.float().log_softmax(-1)
 
 
-def model_margins(
+def next_token_readout(
     lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
-) -> Tensor:
-    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
-    out, start = [], 0
+) -> tuple[Tensor, np.ndarray]:
+    """One forward pass per prefix: log p(good) - log p(bad) [n] at the next token, and whether ``good`` is
+    the arg-max next token [n]."""
+    margins, hits, start = [], [], 0
     for logp in last_logprobs(lm, prefixes):
         rows = torch.arange(logp.shape[0], device=logp.device)
         g = torch.tensor(good[start : start + len(rows)], device=logp.device)
         b = torch.tensor(bad[start : start + len(rows)], device=logp.device)
-        out.append((logp[rows, g] - logp[rows, b]).cpu())
+        margins.append((logp[rows, g] - logp[rows, b]).cpu())
+        hits.append((logp.argmax(-1) == g).cpu())
         start += len(rows)
-    return torch.cat(out)
+    if not margins:
+        return torch.zeros(0), np.zeros(0, dtype=bool)
+    return torch.cat(margins), torch.cat(hits).numpy()
+
+
+def model_margins(
+    lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int], bad: Sequence[int]
+) -> Tensor:
+    """log p(good) - log p(bad) [n] at the next-token position after each prefix."""
+    return next_token_readout(lm, prefixes, good, bad)[0]
 
 
 def top1_hits(lm: LoadedModel, prefixes: Sequence[str], good: Sequence[int]) -> np.ndarray:
     """Whether the arg-max next token after each prefix is ``good``."""
-    tops = torch.cat([logp.argmax(-1).cpu() for logp in last_logprobs(lm, prefixes)])
-    return (tops == torch.tensor(list(good))).numpy()
+    return next_token_readout(lm, prefixes, good, good)[1]
+
+
+def object_onehot(statements: Sequence[Statement], vocabulary: Sequence[str]) -> Tensor:
+    """[n, len(vocabulary)] one-hot of each statement's claimed object (all zero for an object outside)."""
+    col = {o: i for i, o in enumerate(vocabulary)}
+    x = torch.zeros(len(statements), max(len(vocabulary), 1), dtype=torch.float64)
+    for i, s in enumerate(statements):
+        if s.obj in col:
+            x[i, col[s.obj]] = 1.0
+    return x
+
+
+@torch.no_grad()
+def object_embeddings(lm: LoadedModel, statements: Sequence[Statement]) -> Tensor:
+    """[n, d] mean input embedding of each statement's object tokens (as the continuation of its prefix)."""
+    table = lm.model.get_input_embeddings().weight  # type: ignore[operator]
+    rows = []
+    for s in statements:
+        ids = torch.tensor(target_ids(lm, s.prefix + " ", s.obj), device=table.device)
+        rows.append(table[ids].double().mean(0).cpu())
+    return torch.stack(rows)
+
+
+def object_controls(
+    features: dict[str, Tensor], train: np.ndarray, y: Tensor, weight_decay: float = 1e-2
+) -> dict[str, LinearProbe]:
+    """A logistic probe per control feature set (``{name: [n, d]}``, e.g. :func:`object_onehot` and
+    :func:`object_embeddings` of every statement), fit on the ``train`` rows with labels ``y`` [n]."""
+    rows = torch.from_numpy(np.asarray(train))
+    return {name: fit_logistic(x[rows], y[rows], 2, weight_decay) for name, x in features.items()}
 
 
 def pair_correct(true_score: np.ndarray, false_score: np.ndarray | float) -> np.ndarray:

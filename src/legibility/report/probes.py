@@ -37,47 +37,155 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def _concept(res: dict, run: Path) -> str:
     parts = [
-        f"<p>{res['n_examples']} examples, {res['n_groups']} groups, {len(res['labels'])} labels, "
-        f"majority class {res['majority']:.3f}.</p>",
+        f"<p>{res['n_examples']} examples, {res['n_groups']} groups ({res.get('n_test_groups', '?')} test), "
+        f"{len(res['labels'])} labels, majority class {res['majority']:.3f}. The layer is chosen on validation "
+        "accuracy (cross-validated on the development facts); the headline is the test-fact accuracy there.</p>",
         _img(run / "accuracy.png"),
     ]
+    head = [
+        [
+            site,
+            str(h["chosen_layer"]),
+            _ci(h["validation"]),
+            _ci(h["accuracy"]),
+            _ci(h["control"]),
+            _ci(h["selectivity"]),
+            str(h["fixed_layer"]),
+            _ci(h["fixed"]["accuracy"]),
+            _ci(h["fixed"]["selectivity"]),
+        ]
+        for site, h in res["headline"].items()
+    ]
+    parts.append(
+        "<h2>headline (test facts)</h2>"
+        + _table(
+            [
+                "site",
+                "chosen layer",
+                "validation",
+                "test accuracy",
+                "control",
+                "selectivity",
+                "fixed layer",
+                "accuracy (fixed)",
+                "selectivity (fixed)",
+            ],
+            head,
+        )
+    )
     for site, rows in res["layers"].items():
         table = [
-            [str(i), _ci(r["accuracy"]), _ci(r["control"]), _ci(r["selectivity"])] for i, r in enumerate(rows)
+            [str(i), _ci(r["validation"]), _ci(r["accuracy"]), _ci(r["control"]), _ci(r["selectivity"])]
+            for i, r in enumerate(rows)
         ]
         parts.append(
-            f"<h2>{html.escape(site)}</h2>" + _table(["layer", "accuracy", "control", "selectivity"], table)
+            f"<h2>{html.escape(site)}: every layer (test columns for reference, not for choosing)</h2>"
+            + _table(["layer", "validation", "test accuracy", "test control", "test selectivity"], table)
         )
     return "".join(parts)
 
 
 def _truth(res: dict, run: Path) -> str:
+    splits = ("held_out_facts", "held_out_relations")
     parts = [
-        f"<p>pairs: {html.escape(json.dumps(res['n_pairs']))}; best layer {res['best_layer']}.</p>",
+        f"<p>facts: {html.escape(json.dumps(res['n_facts']))}; pairs: {html.escape(json.dumps(res['n_pairs']))}; "
+        f"object imbalance (0 = every object as often false as true): "
+        f"{html.escape(json.dumps({k: round(v, 3) for k, v in res['object_imbalance'].items()}))}.</p>",
         _img(run / "truth.png"),
     ]
+    head = [
+        [
+            m,
+            str(h["chosen_layer"]),
+            _ci(h["validation"]["pair"]),
+            *[_ci(h[k]["pair"]) for k in splits],
+            *[_ci(h["fixed"][k]["pair"]) for k in splits],
+        ]
+        for m, h in res["headline"].items()
+    ]
+    head += [
+        [
+            f"control: {name}",
+            "-",
+            _ci(c["validation"]["pair"]),
+            *[_ci(c[k]["pair"]) for k in splits],
+            "-",
+            "-",
+        ]
+        for name, c in res["controls"].items()
+    ]
+    mj = res["model_judgement"]
+    head.append(
+        ["model's own judgement", "-", _ci(mj["validation"]), *[_ci(mj[k]) for k in splits], "-", "-"]
+    )
+    fixed = res["fixed_layer"]
+    parts.append(
+        "<h2>pair accuracy: headline (layer chosen on validation facts, scored on test facts)</h2>"
+        + _table(
+            [
+                "probe",
+                "chosen layer",
+                "validation",
+                "held-out facts",
+                "held-out relations",
+                f"held-out facts, layer {fixed}",
+                f"held-out relations, layer {fixed}",
+            ],
+            head,
+        )
+    )
     for split, rows in res["layers"].items():
         methods = list(rows[0])
         table = [[str(i)] + [_ci(r[m]["pair"]) for m in methods] for i, r in enumerate(rows)]
-        parts.append(
-            f"<h2>pair accuracy, {html.escape(split)} (model: {_ci(res['model_judgement'][split])})</h2>"
-        )
+        parts.append(f"<h2>pair accuracy by layer, {html.escape(split)}</h2>")
         parts.append(_table(["layer", *methods], table))
     st = res.get("steering")
     if st:
         table = [
-            [str(r["scale"]), _ci(r["truth_plus"]), _ci(r["truth_minus"]), _ci(r["random"])]
+            [
+                str(r["scale"]),
+                _ci(r["truth_plus"]),
+                _ci(r["truth_minus"]),
+                _ci(r["random"]),
+                _ci(r["truth_plus_vs_random"]),
+            ]
             for r in st["scales"]
         ]
         parts.append(f"<h2>steering at layer {st['layer']} (change of log p(True) - log p(False))</h2>")
-        parts.append(_table(["scale", "+truth", "-truth", "random"], table))
+        parts.append(_table(["scale", "+truth", "-truth", "random", "+truth - random (paired)"], table))
     ly = res.get("lying")
     if ly:
-        table = [[c, _ci(m["pair_accuracy"]), _ci(m["top1_accuracy"])] for c, m in ly["model"].items()]
+        table = [
+            [c, _ci(m["pair_accuracy"]), _ci(m["top1_accuracy"]), _ci(m["probe_pair_accuracy"])]
+            for c, m in ly["model"].items()
+        ]
         parts.append(
-            "<h2>lying condition: the model</h2>" + _table(["context", "pair accuracy", "top-1"], table)
+            "<h2>lying condition</h2>"
+            + _table(["context", "model pair accuracy", "model top-1", f"probe (layer {ly['layer']})"], table)
+        )
+        paired = [
+            [
+                comp,
+                what,
+                _ci(d["difference"]),
+                "-" if d["mcnemar"] is None else f"{d['mcnemar']['a_only']} / {d['mcnemar']['b_only']}",
+                "-" if d["mcnemar"] is None else _p(d["mcnemar"]["pvalue"]),
+            ]
+            for comp, per in ly["paired"].items()
+            for what, d in per.items()
+        ]
+        parts.append(
+            "<h2>lying condition, paired on the same facts</h2>"
+            + _table(
+                ["contexts (b - a)", "outcome", "difference", "discordant a-only / b-only", "McNemar p"],
+                paired,
+            )
         )
         parts.append(_img(run / "lying.png"))
     return "".join(parts)
