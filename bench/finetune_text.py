@@ -6,7 +6,7 @@ rare words as ``<unk>`` and splits punctuation off (``3 @.@ 5``, ``well @-@ know
 joins the punctuation back, drops headings and every sentence that holds an ``<unk>``, and writes one
 paragraph per line:
 
-    python bench/finetune_text.py wiki.valid.tokens wiki.test.tokens --out ../shared/data/wikitext2
+    python bench/finetune_text.py wiki.valid.tokens wiki.test.tokens --out data/wikitext2
 
 The finetune config holds out whole lines (paragraphs) of this folder for the held-out text loss and KL.
 """

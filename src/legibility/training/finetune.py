@@ -79,8 +79,8 @@ class FinetuneFacts:
 class FinetuneText:
     """General English text: what the LM loss trains on, and held-out documents for the cost."""
 
-    train: str = "../shared/data/wikitext2/wiki_valid.txt"  # a .txt file or a folder of them
-    held_out: str = "../shared/data/wikitext2/wiki_test.txt"  # other documents, never trained on
+    train: str = "data/wikitext2/wiki_valid.txt"  # a .txt file or a folder of them
+    held_out: str = "data/wikitext2/wiki_test.txt"  # other documents, never trained on
     cost_batches: int = 16  # held-out batches (train.batch_size x train.seq_len tokens) for NLL and KL
 
 
