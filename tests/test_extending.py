@@ -48,7 +48,7 @@ def test_a_model_family_is_a_table_row_and_a_trainable_one_a_config_builder(tmp_
     import transformers as tr
 
     from legibility.attribution.engine import tail_for
-    from legibility.models.sites import FAMILIES, register_family
+    from legibility.models.sites import ARCHITECTURES, FAMILIES, register_family, unregister_family
     from legibility.training.config import ModelConfig
     from legibility.training.model import TRAINABLE, build_model, ffn_weights
     from legibility.training.regularizers.locality import permute_neurons
@@ -98,7 +98,8 @@ def test_a_model_family_is_a_table_row_and_a_trainable_one_a_config_builder(tmp_
             torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
     finally:
         TRAINABLE.unregister("legibility_toy")
-        FAMILIES.pop("legibility_toy")
+        unregister_family("legibility_toy")
+    assert "legibility_toy" not in FAMILIES and "legibility_toy" not in ARCHITECTURES
 
 
 def test_a_scorecard_metric_is_one_registration_and_every_view_reads_it():

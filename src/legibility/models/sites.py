@@ -141,6 +141,14 @@ def register_family(model_type: str, row: Architecture) -> Architecture:
     return row
 
 
+def unregister_family(model_type: str) -> Architecture:
+    """Remove a family added with :func:`register_family` from the table and all its views (e.g. after a test)."""
+    row = FAMILIES.pop(model_type)
+    ARCHITECTURES.pop(model_type, None)
+    ELEUTHER_ARCHITECTURES.pop(model_type, None)
+    return row
+
+
 def architecture(model_type: object) -> Architecture | None:
     """The table's row for a ``config.model_type`` (None when the family is not in the table)."""
     return FAMILIES.get(str(model_type))
