@@ -29,7 +29,6 @@ from legibility.editing import (
 from legibility.editing.collateral import collateral
 from legibility.editing.command import _parse_neuron, add_parsers
 from legibility.editing.evaluate import summarize_edits
-from legibility.editing.fingerprint import settings_key
 from legibility.editing.memory import Context, TokenScore, card_text, serving_sign
 from legibility.facts.counterfacts import object_token, split_wording
 from legibility.facts.types import Query
@@ -38,6 +37,7 @@ from legibility.metrics.perplexity import perplexity
 from legibility.models.identity import identity
 from legibility.report.cards import card_html
 from legibility.report.editing import collateral_markdown, summary_markdown
+from legibility.store import settings_key
 
 # Written out per family, independently of the code under test: where the word embedding, the
 # unembedding and each layer's FFN output projection live, and whether neurons index its rows or columns.

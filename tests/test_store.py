@@ -166,3 +166,19 @@ with run_lock(sys.argv[1]):
     after = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert after.returncode == 0, after.stderr
     assert "stale lock" in after.stderr and (out / "neurons.jsonl").exists()
+
+
+def test_one_resumable_folder_scheme_names_each_difference_and_refuses_a_damaged_key(tmp_path):
+    from legibility.errors import LegibilityError
+    from legibility.store import check_settings, key_diff, read_key
+
+    check_settings(tmp_path, {"model": "a", "facts": 3})
+    check_settings(tmp_path, {"model": "a", "facts": 3})  # the same key resumes
+    assert read_key(tmp_path / "run.json") == {"model": "a", "facts": 3}
+    with pytest.raises(LegibilityError, match=r"facts: 3 -> 4"):
+        check_settings(tmp_path, {"model": "a", "facts": 4})
+    assert key_diff({"a": 1}, {"b": 2}) == ["a: 1 -> '(absent)'", "b: '(absent)' -> 2"]
+    (tmp_path / "run.json").write_text("{not json")
+    assert read_key(tmp_path / "run.json") is None
+    with pytest.raises(LegibilityError, match="is damaged"):
+        check_settings(tmp_path, {"model": "a"})

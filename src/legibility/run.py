@@ -40,6 +40,8 @@ from legibility.store import (
     check_files,
     check_writable,
     is_disk_error,
+    key_diff,
+    read_key,
     run_lock,
 )
 
@@ -364,15 +366,6 @@ def run_key(settings: RunSettings, facts_hash: str, model: Mapping[str, str]) ->
     }
 
 
-def key_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``name: old -> new`` for each key that differs."""
-    return [
-        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-    ]
-
-
 # ---------------------------------------------------------------------------------------------- run
 
 
@@ -446,11 +439,8 @@ def _check_key(out: Path, key: dict, force: bool) -> None:
     path = out / "run.json"
     if not path.exists() or force:
         return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over") from None
-    if not isinstance(old, dict):
+    old = read_key(path)
+    if old is None:
         raise LegibilityError(f"{path} is damaged; rerun with --force to start this run over")
     if "weights_sha256" in old and "tokenizer_sha256" not in old:
         raise LegibilityError(
@@ -463,14 +453,6 @@ def _check_key(out: Path, key: dict, force: bool) -> None:
         raise LegibilityError(
             f"{out} holds a run with other inputs ({'; '.join(diff)}); use another --out, or --force to recompute"
         )
-
-
-def _read_key(path: Path) -> dict | None:
-    try:
-        key = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return key if isinstance(key, dict) else None
 
 
 def _run_locked(
@@ -490,7 +472,7 @@ def _run_locked(
     note = log or (lambda _msg: None)
     _check_key(out, key, force)  # again under the lock: another run may have started meanwhile
     run_json = out / "run.json"
-    if not run_json.exists() or _read_key(run_json) != key:
+    if not run_json.exists() or read_key(run_json) != key:
         for name in (*RESULT_FILES, "neurons.jsonl.corrupt", "effects.jsonl.corrupt"):
             (out / name).unlink(missing_ok=True)
         atomic_write_json(run_json, key)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
 import socket
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from legibility.errors import LegibilityError
 
@@ -115,18 +117,46 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def key_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``name: old -> new`` for each key that differs: how every refusal of a resumable folder says why."""
+    return [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def settings_key(*parts: Any, length: int = 16) -> str:
+    """A short sha256 of JSON-ready ``parts``: the name of a content-addressed cache inside a resumable folder
+    (editing's known-fact and neuron caches), so other settings land in another cache instead of a stale one."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def read_key(path: Path) -> dict | None:
+    """The key of a resumable folder (its ``run.json``), or None when it is missing or damaged."""
+    try:
+        key = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return key if isinstance(key, dict) else None
+
+
 def check_settings(out_dir: Path, settings: dict) -> None:
-    """Write run.json on the first run; on a rerun, refuse to mix results made with other settings."""
+    """The resumable-folder scheme of every job: write ``run.json`` (the key: every setting and input digest
+    that changes a result) on the first run; on a rerun, refuse to mix results made with another key, naming
+    each difference as ``name: old -> new`` (the runner's ``run.json`` is checked the same way)."""
     path = out_dir / "run.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        old = read_key(path)
+        if old is None:
+            raise LegibilityError(f"{path} is damaged; delete {out_dir} (or use a new --out) to start over")
+        diff = [d for d in key_diff(old, settings) if d.split(":", 1)[0] in settings]
         if diff:
-            changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise LegibilityError(
-                f"{out_dir} holds results made with other settings ({changes}). Use a new --out directory, "
-                "or delete it to start over."
+                f"{out_dir} holds results made with other settings ({'; '.join(diff)}). Use a new --out "
+                "directory, or delete it to start over."
             )
         return
     atomic_write_bytes(path, json.dumps(settings, indent=2, sort_keys=True).encode())

@@ -288,7 +288,9 @@ def test_the_example_finetune_configs_validate(monkeypatch):
 
     root = Path(__file__).resolve().parents[2] / "configs"
     text = root.parent / "data" / "wikitext2"  # kept in the repo
-    monkeypatch.chdir(root.parent)  # the configs' data paths are relative to the repo root, where they are run
+    monkeypatch.chdir(
+        root.parent
+    )  # the configs' data paths are relative to the repo root, where they are run
     assert (text / "wiki_valid.txt").is_file() and (text / "wiki_test.txt").is_file()
     for path in sorted((root / "finetune").glob("*.yaml")):
         assert load_finetune_config(path).model == "smollm2-135m"

@@ -26,7 +26,6 @@ from legibility.editing.evaluate import (
     first_queries,
     summarize_edits,
 )
-from legibility.editing.fingerprint import settings_key
 from legibility.errors import LegibilityError
 from legibility.facts.counterfacts import (
     INVERSE_RELATIONS,
@@ -44,7 +43,7 @@ from legibility.metrics.text import SAMPLE_TEXT
 from legibility.models.identity import identity
 from legibility.models.loading import LoadedModel
 from legibility.neurons import NeuronConfig
-from legibility.store import run_lock
+from legibility.store import run_lock, settings_key
 
 
 @dataclass(frozen=True)
