@@ -219,3 +219,48 @@ def test_effects_measured_in_one_pass_equal_each_group_measured_alone():
             assert c["amplify"] == pytest.approx(mean(prompts, "amplify"), rel=1e-5)
             n += 1
     assert n >= 4  # same relation and other relation, two each
+
+
+# ------------------------------------------- gaming cases on hand-built models: v1 is fooled, v2 is not
+# The neuron sets are handed over (what a gamed or careless attribution would return); every effect is
+# measured on the model by the runner's EffectRunner, on held-out prompts.
+
+
+def _measure(lm, sets: dict[str, list[tuple[int, int]]]):
+    from legibility.metrics.scorecard import specific_scores_v1
+
+    facts = [render(lm, f) for f in planted_facts()]
+    runner = EffectRunner(lm, facts, EffectConfig(controls=3), PromptSplit(holdout=0.5))
+    records, effects = [], []
+    for r in facts:
+        kn = sets[r.fact.id]
+        records.append({"fact_id": r.fact.id, "relation": r.fact.relation, "neurons": kn, "n_prompts": 3})
+        if kn:
+            effects.append(runner.fact_effects(r, kn))
+    return score_metrics(records, effects), specific_scores_v1(effects)
+
+
+def test_planted_other_relation_kill_switch_fools_v1_not_v2():
+    """Each fact's set is its own fact neuron plus the *other* relation's gate: the fact goes, its relation
+    stays, every fact of the other relation goes too."""
+    lm = planted_lm("mixed")
+    sets = {
+        f.id: [(0, k), (0, GATE + (1 if f.relation == "P36" else 0))] for k, f in enumerate(planted_facts())
+    }
+    m, v1 = _measure(lm, sets)
+    assert len(v1) == 8 and v1.mean() > 0.9  # v1 charges the same relation only
+    assert m["collateral.same_relation"].value < 0.05
+    assert m["collateral.other_relation"].value > 0.95
+    assert m["specific_suppressability"].value < 0.05
+
+
+def test_planted_localizing_only_the_easy_facts_counts_the_rest_as_zero():
+    """Perfect neurons for two facts of eight, none for the others: v1 averages the two, v2 counts eight."""
+    lm = planted_lm("specific")
+    facts = planted_facts()
+    sets = {f.id: ([(0, k)] if k < 2 else []) for k, f in enumerate(facts)}
+    m, v1 = _measure(lm, sets)
+    assert len(v1) == 2 and v1.mean() > 0.95
+    assert m["specific_suppressability"].n == 8
+    assert m["specific_suppressability"].value == pytest.approx(2 / 8 * v1.mean(), abs=0.03)
+    assert m["neurons.facts_with_any"].value == pytest.approx(0.25)
