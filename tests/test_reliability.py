@@ -574,7 +574,7 @@ def test_checkpoint_scores_are_keyed_by_each_checkpoints_weights(tmp_path):
 
     run = tmp_path / "run"
     train(tiny_cfg(steps=4, eval_every=2, checkpoint_every=2, log_every=2), run, progress=False)
-    cfg = CheckpointScoring(probe=ProbeSettings(folds=2, max_iter=5), suppressability=False)
+    cfg = CheckpointScoring(probe=ProbeSettings(folds=3, max_iter=5), suppressability=False)
     first = score_checkpoints(run, tmp_path / "o", cfg)
     assert [r["step"] for r in first] == [2, 4]
     ckpts = run / "checkpoints"

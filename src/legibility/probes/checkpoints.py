@@ -56,7 +56,7 @@ def checkpoints_of(run_dir: Path) -> list[Path]:
 
 
 def score_checkpoints(
-    run_dir: str | Path, out_dir: str | Path, cfg: CheckpointScoring | None = None
+    run_dir: str | Path, out_dir: str | Path, cfg: CheckpointScoring | None = None, device: str | None = None
 ) -> list[dict]:
     """One record per checkpoint (``step``, ``probe.<task>`` at the layer chosen on validation, per-layer accuracies,
     ``fact_accuracy``, scorecard metrics); finished checkpoints are read back on a rerun."""
@@ -78,14 +78,14 @@ def score_checkpoints(
     }
     with run_lock(out):
         check_settings(out, json.loads(json.dumps(settings)))
-        return _score_checkpoints(run, out, c, found, run_cfg)
+        return _score_checkpoints(run, out, c, found, run_cfg, device)
 
 
 def _score_checkpoints(
-    run: Path, out: Path, c: CheckpointScoring, found: list[Path], run_cfg: RunConfig
+    run: Path, out: Path, c: CheckpointScoring, found: list[Path], run_cfg: RunConfig, device: str | None
 ) -> list[dict]:
     facts = all_template_facts(run_cfg)
-    lm = load_model(str(run / "model"))
+    lm = load_model(str(run / "model"), device=device)
     lm.add_special_tokens = False
     records = []
     for ckpt in found:
@@ -135,7 +135,7 @@ def _score_checkpoints(
                 shutil.rmtree(tmp)
             lm.model.save_pretrained(tmp)  # type: ignore[operator]
             lm.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
-            scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts))
+            scored = score_model(tmp, facts, out / ckpt.name, ScoreConfig(facts=c.score_facts), device=device)
             rec["known_facts"] = scored["known_facts"]
             for k in (n for n in names("checkpoint") if info(n).source == "scorecard"):
                 m = scored["metrics"].get(k)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from legibility.arguments import number
-from legibility.devices import add_device_args
+from legibility.devices import add_device_args, device_name
 from legibility.errors import LegibilityError
 from legibility.store import atomic_write_json, check_files, check_writable, run_lock
 
@@ -117,6 +117,12 @@ def add_parser(subparsers) -> None:
         "--every", type=number(int, 1, 10**9), default=1, help="score only steps that are multiples of this"
     )
     p.add_argument("--out", required=True, help="output directory (one subfolder per run)")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="where checkpoints are read and scored: auto, cpu, cuda, cuda:N or mps (not keyed; float32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
                         score_facts=args.score_facts,
                         every=args.every,
                     ),
+                    device=args.device,
                 )
             compare_figure(runs, out / "checkpoints.png")
             atomic_write_json(out / "results.json", {"kind": "checkpoints", "runs": runs})
