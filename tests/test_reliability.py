@@ -100,7 +100,15 @@ def test_a_rewritten_text_file_is_new_data_for_train(tmp_path):
     train(cfg, out, progress=False)
     digests = json.loads((out / "inputs.json").read_text())
     assert set(digests) == {"data.text.sha256"}
-    train(cfg, out, progress=False)  # unchanged data: resumes (finished)
+    first = train(cfg, out, progress=False)  # unchanged data: resumes (finished)
+    # the same data moved elsewhere (another checkout, a relative path) is the same run: keyed by content
+    import shutil
+
+    moved = shutil.copytree(text, tmp_path / "moved")
+    cfg_moved = dataclasses.replace(base, data=dataclasses.replace(base.data, text=TextSource(dir=str(moved))))
+    assert train(cfg_moved, out, progress=False) == first
+    with pytest.raises(LegibilityError, match="different config .*data.n_sentences"):
+        train(dataclasses.replace(cfg_moved, data=dataclasses.replace(cfg_moved.data, n_sentences=7)), out)
     (text / "a.txt").write_text("\n".join(f"another line {i} of the text" for i in range(400)))
     with pytest.raises(LegibilityError, match="trained on other data .*data.text.sha256"):
         train(cfg, out, progress=False)

@@ -180,19 +180,14 @@ def _check_score(score: Any) -> dict:
     return dataclasses.asdict(sc)
 
 
-# Fields of a trial's resolved config that name data files whose content digests key the trial.
-PATH_FIELDS = {
-    "train": (("data", "text", "dir"), ("data", "pararel", "data_dir")),
-    "finetune": (("text", "train"), ("text", "held_out"), ("facts", "data_dir")),
-}
+def _path_fields(kind: str) -> tuple[tuple[str, ...], ...]:
+    """Fields of a trial's resolved config that name data files whose content digests key the trial: the
+    trainer's own list (the trainer resumes a run whose data moved by the same rule)."""
+    from legibility.training.finetune import Finetuner
+    from legibility.training.trainer import Trainer
 
-
-def _portable(digests: dict) -> dict:
-    """Content digests keyed by what they are and the file's name, not by where the file lies."""
-    return {
-        role: {Path(str(k)).name: v for k, v in d.items()} if isinstance(d, dict) else d
-        for role, d in digests.items()
-    }
+    fields = {"train": Trainer.DATA_PATHS, "finetune": Finetuner.DATA_PATHS}[kind]
+    return tuple(tuple(f.split(".")) for f in fields)
 
 
 def _without_paths(resolved: dict, fields: tuple[tuple[str, ...], ...]) -> dict:
@@ -210,6 +205,7 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
     """Validate a sweep mapping; every trial's run config is validated now, not when it starts."""
     from legibility.training.corpus import data_digests
     from legibility.training.run_config import parse_run_config, read_yaml
+    from legibility.training.trainer import portable_digests
 
     if not isinstance(data, dict):
         raise LegibilityError("a sweep config is a mapping with keys " + ", ".join(sorted(KEYS)))
@@ -286,10 +282,10 @@ def parse_sweep(data: dict, base_dir: str | os.PathLike = ".") -> SweepConfig:
         # the content of the files the data reads (text folder, PARAREL; a finetune's base weights too) is part
         # of the trial: a rewritten text file gives new trials, not the old ones back (synthetic data alone
         # adds nothing, so the ids of such sweeps are unchanged)
-        inputs = {"inputs": _portable(digests[data_key])} if digests[data_key] else {}
+        inputs = {"inputs": portable_digests(digests[data_key])} if digests[data_key] else {}
         # with the files' content in the id, where they lie is not: a relative and an absolute path to the
         # same data (or data moved) give the same trial
-        keyed = _without_paths(resolved, PATH_FIELDS[kind]) if inputs else resolved
+        keyed = _without_paths(resolved, _path_fields(kind)) if inputs else resolved
         hashed = {"run": keyed, "score": score, **inputs, **({"kind": kind} if kind != "train" else {})}
         tid = trial_id(vname, hashed, seed)
         trials.append(Trial(tid, vname, seed, overrides, cfg, kind))

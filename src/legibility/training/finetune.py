@@ -328,6 +328,8 @@ def finetune_corpus(cfg: FinetuneConfig, lm: LoadedModel, data: FactData) -> Cor
 class Finetuner(Trainer):
     """The trainer on a pretrained model: the same steps, schedule, regularizers, checkpoints and resume."""
 
+    DATA_PATHS = ("text.train", "text.held_out", "facts.data_dir")
+
     def __init__(
         self,
         config: FinetuneConfig,

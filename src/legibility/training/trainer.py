@@ -172,8 +172,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- bookkeeping
 
+    # Config fields that name data files; their content is keyed in inputs.json (``portable_digests``), so a
+    # run whose data moved (a relative and an absolute path, another checkout) resumes as the same run.
+    DATA_PATHS: tuple[str, ...] = ("data.text.dir", "data.pararel.data_dir")
+
     def _check_config(self) -> None:
-        """Refuse a folder holding a run with another config, naming the keys that differ."""
+        """Refuse a folder holding a run with another config, naming the keys that differ (a data path alone
+        may differ when the run keys its data by content: ``_check_inputs`` then compares the content)."""
         path = self.out / "config.json"
         if not path.exists():
             return
@@ -185,6 +190,9 @@ class Trainer:
         new = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
         if old != new:
             diff = config_diff(old, new)
+            if (self.out / "inputs.json").exists():
+                diff = [d for d in diff if d[0] not in self.DATA_PATHS]
+        if old != new and diff:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:5])
             more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
             raise LegibilityError(
@@ -208,8 +216,8 @@ class Trainer:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
-        if old != self.inputs:
-            diff = config_diff(old, self.inputs)
+        if portable_digests(old) != portable_digests(self.inputs):
+            diff = config_diff(portable_digests(old), portable_digests(self.inputs))
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff)
             raise LegibilityError(
                 f"{self.out} holds a run trained on other data ({shown}); use a new --out folder, or "
@@ -416,6 +424,17 @@ class Trainer:
             json.dumps({"step": self.step, **self.last, **self.placement()}, indent=2)
         )
         return target
+
+
+def portable_digests(digests: Any) -> Any:
+    """Content digests keyed by what they are and the file's name, not by where the file lies (a mapping of
+    roles to ``{path: sha256}`` or to a digest)."""
+    if not isinstance(digests, dict):
+        return digests
+    return {
+        role: {Path(str(k)).name: v for k, v in d.items()} if isinstance(d, dict) else d
+        for role, d in digests.items()
+    }
 
 
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
