@@ -182,7 +182,8 @@ def has_costs(rows: Sequence[dict]) -> bool:
 
 
 def cost_figure(rows: Sequence[dict], path: str | Path, y_key: str = "specific_suppressability") -> Path:
-    """Finetune frontier: ``y_key`` (held-out facts) against each cost, one point per trial, labelled."""
+    """Finetune frontier: ``y_key`` (held-out facts) against each cost, one point per trial with its 95% CI
+    over facts as a bar, labelled with the variant and the number of facts scored (n)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(COSTS), figsize=(5.2 * len(COSTS), 4.4))
     variants = sorted({r["variant"] for r in rows})
@@ -192,9 +193,27 @@ def cost_figure(rows: Sequence[dict], path: str | Path, y_key: str = "specific_s
         for r in rows:
             m = trial_metrics(r)
             if x_key in m and y_key in m:
+                est = (r.get("metrics") or {}).get(y_key) or {}
+                lo, hi = est.get("ci_low"), est.get("ci_high")
+                if (
+                    isinstance(lo, int | float)
+                    and isinstance(hi, int | float)
+                    and np.isfinite([lo, hi]).all()
+                ):
+                    ax.errorbar(
+                        m[x_key],
+                        m[y_key],
+                        yerr=[[m[y_key] - lo], [hi - m[y_key]]],
+                        color=colors[r["variant"]],
+                        alpha=0.5,
+                        capsize=3,
+                        lw=1,
+                    )
                 ax.scatter(m[x_key], m[y_key], color=colors[r["variant"]], s=36)
+                n = est.get("n")
+                label = r["variant"] + (f" (n={n})" if isinstance(n, int) else "")
                 ax.annotate(
-                    r["variant"], (m[x_key], m[y_key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                    label, (m[x_key], m[y_key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
                 )
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{y_key} (held-out facts)")
