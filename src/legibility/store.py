@@ -152,7 +152,8 @@ def check_settings(out_dir: Path, settings: dict) -> None:
         old = read_key(path)
         if old is None:
             raise LegibilityError(f"{path} is damaged; delete {out_dir} (or use a new --out) to start over")
-        diff = [d for d in key_diff(old, settings) if d.split(":", 1)[0] in settings]
+        # only the keys asked about: a key this version no longer writes does not refuse an older folder
+        diff = key_diff({k: old[k] for k in settings if k in old}, settings)
         if diff:
             raise LegibilityError(
                 f"{out_dir} holds results made with other settings ({'; '.join(diff)}). Use a new --out "
