@@ -188,11 +188,10 @@ class Trainer:
             raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
         old = upgrade_resolved(old) if isinstance(old, dict) else old
         new = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
-        if old != new:
-            diff = config_diff(old, new)
-            if (self.out / "inputs.json").exists():
-                diff = [d for d in diff if d[0] not in self.DATA_PATHS]
-        if old != new and diff:
+        diff = config_diff(old, new)
+        if diff and (self.out / "inputs.json").exists():  # the data's content is compared by _check_inputs
+            diff = [d for d in diff if d[0] not in self.DATA_PATHS]
+        if diff:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:5])
             more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
             raise LegibilityError(
