@@ -119,7 +119,13 @@ def build_fixtures(w: Path) -> None:
     ]
     rows += [{"text": f"in {r['group']} a city", "label": r["label"], "group": r["group"]} for r in rows]
     (w / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    probe = ["probe", "--model", str(w / "m"), "--data", str(w / "probe.jsonl"), ]
+    probe = [
+        "probe",
+        "--model",
+        str(w / "m"),
+        "--data",
+        str(w / "probe.jsonl"),
+    ]
     assert main([*probe, "--out", str(w / "probe-good")]) == 0
     assert main(["export-neurons", str(w / "score-good"), "--to", str(w / "export.json")]) == 0
     (w / "bert_pararel_neurons_0.json").write_text(json.dumps({"u1": [[1, 2], [3, 4]], "u2": [[0, 5]]}))
@@ -295,7 +301,13 @@ def cases(w: Path) -> list[Case]:
     sc = ["score", *run, "--metrics", "none", "--controls", "1"]
     ne = ["neurons", *run]
     tr = ["train", str(w / "train.yaml")]
-    pr = ["probe", "--model", m, "--data", str(w / "probe.jsonl"), ]
+    pr = [
+        "probe",
+        "--model",
+        m,
+        "--data",
+        str(w / "probe.jsonl"),
+    ]
     pt = ["probe-truth", "--model", m, "--facts", "2", "--out", out]
     c: list[Case] = []
 

@@ -105,7 +105,9 @@ def test_a_rewritten_text_file_is_new_data_for_train(tmp_path):
     import shutil
 
     moved = shutil.copytree(text, tmp_path / "moved")
-    cfg_moved = dataclasses.replace(base, data=dataclasses.replace(base.data, text=TextSource(dir=str(moved))))
+    cfg_moved = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, text=TextSource(dir=str(moved)))
+    )
     assert train(cfg_moved, out, progress=False) == first
     with pytest.raises(LegibilityError, match="different config .*data.n_sentences"):
         train(dataclasses.replace(cfg_moved, data=dataclasses.replace(cfg_moved.data, n_sentences=7)), out)
