@@ -444,6 +444,10 @@ def main() -> None:
     args.ks = list(range(int(a), int(b) + 1)) if b else [int(x) for x in args.ks.split(",")]
     methods = args.methods.split(",")
     assert methods[0] == EXACT, "the first method must be the exact reference 'ig'"
+    # the folder is keyed by every setting that changes a result: a rerun with others is refused, not mixed in
+    from legibility.store import check_settings
+
+    check_settings(Path(args.out), {k: v for k, v in vars(args).items() if k not in ("out", "figure")})
     torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("highest")
     lm = load_model("smollm2-135m")
