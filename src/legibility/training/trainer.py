@@ -215,8 +215,9 @@ class Trainer:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise LegibilityError(f"{path} is not readable JSON ({e}); use a new --out folder") from e
-        if portable_digests(old) != portable_digests(self.inputs):
-            diff = config_diff(portable_digests(old), portable_digests(self.inputs))
+        old, new = portable_digests(old), portable_digests(self.inputs)
+        if old != new:
+            diff = config_diff(old, new)
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff)
             raise LegibilityError(
                 f"{self.out} holds a run trained on other data ({shown}); use a new --out folder, or "
