@@ -171,7 +171,9 @@ def test_predict_matches_plain_forward_with_padding(family):
         torch.testing.assert_close(pred.prob[i], p[q.target_id])
         assert int(pred.top[i]) == int(p.argmax())
         assert int(pred.rank[i]) == int((p > p[q.target_id]).sum())
-    acts = answer_activations(lm, queries)
+    acts = answer_activations(lm, queries, batch_size=2)  # batched by length: rows come back in order
     assert acts.shape == (3, 3, 48)
+    for i, q in enumerate(queries):
+        torch.testing.assert_close(acts[i], answer_activations(lm, [q])[0])
     batch = make_batch(lm, queries)
     assert batch.input_ids.shape == (3, 4) and batch.attention_mask.sum().item() == 9
