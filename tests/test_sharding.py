@@ -226,3 +226,67 @@ def test_local_worker_processes_equal_the_in_process_run(tiny_dir, tmp_path, one
         lm, kept, tmp_path / "two", "ig", acfg, progress=False, model=spec, shard=ShardConfig(workers=2)
     )
     assert pooled == local
+
+
+KILLED_DRIVER = """
+import os, sys, time
+from legibility.sharding import Callbacks, ExecutorConfig, local_executor
+
+class Sleepy:  # setup: every item marks its worker's pid, then takes two minutes
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, device):
+        return self.work
+
+    def work(self, item):
+        open(os.path.join(self.folder, str(os.getpid())), "w").close()
+        time.sleep(120)
+
+if __name__ == "__main__":
+    cb = Callbacks(done=lambda item, result: None, failed=lambda item, error: None)
+    local_executor(Sleepy(sys.argv[1]), [1, 2, 3, 4], cb, ExecutorConfig(workers=2))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits for a parent to read it
+
+
+@pytest.mark.slow  # two spawned worker processes import torch (~10 s)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_local_workers_end_when_the_driver_is_killed(tmp_path):
+    """A killed driver leaves no worker computing: they would hold the cores a resumed run needs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    driver = subprocess.Popen([sys.executable, str(script), str(pids)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, "the workers did not start"
+            time.sleep(0.2)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert all(_running(pid) for pid in workers)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 15
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in workers), "workers still run after their driver was killed"
+    finally:
+        driver.kill()
+        for p in pids.iterdir():
+            if _running(int(p.name)):
+                os.kill(int(p.name), signal.SIGKILL)

@@ -27,6 +27,8 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +148,18 @@ _WORK: list[Callable[[Any], Any]] = []  # a process-pool worker's work function 
 def _start_worker(setup: Setup, device: str | None, threads: int) -> None:
     import torch
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(threads)
     _WORK.append(setup(device))
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once its driver is gone (killed, say): the pool would otherwise go on computing the
+    items already handed to it, holding the cores a resumed run needs, with nobody to store the results."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _work(item: Any) -> Any:
