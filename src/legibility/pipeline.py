@@ -204,6 +204,7 @@ def select_known(
                 shard=shard,
                 desc="known-fact checks",
                 progress=progress,
+                unit="group",
             )
             answer = {fid: known for rec in records for fid, known in rec["known"].items()}
             for rel in rels:

@@ -214,12 +214,13 @@ def map_facts(
     key: Callable[[Any], str] = fact_key,
     desc: str = "facts",
     progress: bool = True,
+    unit: str = "fact",
 ) -> list[dict]:
     """The records of ``facts`` in fact order, computing (and appending to ``store``) only the missing ones.
 
     ``factory(lm)`` returns the function that computes one fact's record; the ``local`` executor calls it
     with ``lm`` (or the model loaded from ``model``), each Ray worker with the model it loaded from ``model``.
-    A progress bar over all workers shows facts done and the time left.
+    A progress bar over all workers shows items done (``unit``: what an item is) and the time left.
     """
     cfg = shard or ExecutorConfig()
     executor = EXECUTORS[cfg.name]
@@ -236,7 +237,7 @@ def map_facts(
         raise LegibilityError(f"fact id {dup!r} appears twice; give every fact its own id")
     todo = [f for f in facts if key(f) not in store]
     with tqdm(
-        total=len(facts), initial=len(facts) - len(todo), desc=desc, disable=not progress, unit="fact"
+        total=len(facts), initial=len(facts) - len(todo), desc=desc, disable=not progress, unit=unit
     ) as bar:
 
         def record(rec: dict) -> None:
