@@ -74,10 +74,18 @@ def test_edit_eval_resumed_and_rerun_equal_an_uninterrupted_run(smollm, pararel_
     uninterrupted run's, byte for byte."""
     import shutil
 
+    from legibility.editing.evaluate import EvalConfig
     from legibility.editing.experiment import ExperimentConfig, run_experiment
 
-    cfg = ExperimentConfig(
-        relation="P36", n_facts=2, held_out=1, others=("P103",), n_others=2, data_dir=str(pararel_dir)
+    cfg = ExperimentConfig(  # a fast method and short perplexity lines: resuming is what is tested
+        relation="P36",
+        n_facts=2,
+        held_out=1,
+        others=("P103",),
+        n_others=2,
+        method="relp",
+        eval=EvalConfig(max_tokens=16),
+        data_dir=str(pararel_dir),
     )
     whole = tmp_path / "whole"
     run_experiment(smollm, whole, cfg, progress=False)
