@@ -140,11 +140,11 @@ def select_known(
 
     ``check`` is called on each rendered fact before the model runs it (e.g. to refuse over-long prompts).
     The model's checks run as a map over facts (:func:`legibility.sharding.map_facts`): ``shard`` spreads
-    them over workers that load ``model``, ``group`` facts per item (their prompts share batches, batched by length: more facts per item waste less
-    on padding); ``store``
-    (a JSONL file) keeps each group's answers as they come, so a killed scan resumes. Facts are examined per relation in a seeded random order; with a ``limit``, the
-    first ``limit`` known ones are kept and the facts after them are not examined (they are checked in
-    chunks, so a few may be computed and stored without being counted).
+    them over workers that load ``model``, ``group`` facts per item (their prompts share batches, formed by
+    length: the more facts per item, the less padding); ``store`` (a JSONL file) keeps each group's answers
+    as they come, so a killed scan resumes. Facts are examined per relation in a seeded random order; with a
+    ``limit``, the first ``limit`` known ones are kept and the facts after them are not examined (they are
+    checked in chunks, so a few may be computed and stored without being counted).
     """
     cfg = known or KnownConfig()
     by_rel: dict[str, list[Fact]] = defaultdict(list)
